@@ -1,0 +1,133 @@
+"""``make results``: run chapter notebooks headless and record their numbers.
+
+    python -m nbutils.results --profile cpu [--chapters 01,07]
+
+Each chapter's notebook ``book/NN_*.ipynb`` runs in its own process through
+:mod:`nbutils.run`; its ``report(...)`` numbers, wall time, date, machine, torch version and
+commit are merged into ``results/<profile>.json`` (other chapters are kept as they were) and
+the whole file is rendered as ``results/<profile>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from nbutils.runtime import PROFILES, git_commit, machine
+
+
+def notebooks(book: Path, chapters: list[str] | None) -> dict[str, Path]:
+    """Chapter number -> notebook path, for the chapters asked for (all when None)."""
+    found = {p.name[:2]: p for p in sorted(book.glob("[0-9][0-9]_*.ipynb"))}
+    if chapters is None:
+        return found
+    missing = [c for c in chapters if c not in found]
+    if missing:
+        raise SystemExit(
+            f"no notebook for chapter(s) {', '.join(missing)} in {book}; "
+            f"found {', '.join(found) or 'none'}"
+        )
+    return {c: found[c] for c in chapters}
+
+
+def run_chapter(chapter: str, notebook: Path, profile: str, runs: Path) -> dict:
+    """Run one notebook in a fresh process; return its results entry."""
+    out = runs / profile / chapter
+    started = time.perf_counter()
+    cmd = [
+        sys.executable,
+        "-m",
+        "nbutils.run",
+        str(notebook),
+        "--profile",
+        profile,
+        "--out",
+        str(out),
+    ]
+    code = subprocess.run(cmd).returncode
+    seconds = round(time.perf_counter() - started, 1)
+    report_file = out / f"report_{chapter}.json"
+    entry = {
+        "notebook": notebook.as_posix(),
+        "status": "ok" if code == 0 else "failed",
+        "wall_seconds": seconds,
+        "commit": git_commit(notebook.parent),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "metrics": {},
+    }
+    if code == 0 and report_file.exists():
+        entry["metrics"] = json.loads(report_file.read_text())["metrics"]
+    elif code == 0:
+        entry["status"] = "no report"
+    return entry
+
+
+def render_markdown(results: dict) -> str:
+    """The results file as Markdown tables, one per chapter."""
+    lines = [
+        f"# Measured results, `{results['profile']}` profile",
+        "",
+        "Written by `make results`; every number comes from running the chapter's notebook.",
+        "",
+    ]
+    for chapter, entry in sorted(results["chapters"].items()):
+        m = entry["machine"]
+        where = m.get("gpu") or f"{m.get('cpus')} CPU cores"
+        lines += [
+            f"## Chapter {chapter} ({entry['notebook']})",
+            "",
+            f"{entry['status']}; {entry['wall_seconds']:.0f} s on {where}, "
+            f"torch {m.get('torch')}, commit {entry['commit']}, {entry['date']}",
+            "",
+            "| metric | ours | unit | paper | source |",
+            "|---|---|---|---|---|",
+        ]
+        for name, v in entry["metrics"].items():
+            cells = [name, v.get("value"), v.get("unit"), v.get("paper"), v.get("source")]
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nbutils.results")
+    parser.add_argument("--profile", choices=PROFILES, required=True)
+    parser.add_argument("--chapters", help="comma-separated chapter numbers, e.g. 01,07")
+    parser.add_argument("--book", type=Path, default=Path("book"))
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    args = parser.parse_args(argv)
+    chapters = [c.strip().zfill(2) for c in args.chapters.split(",")] if args.chapters else None
+    path = args.results / f"{args.profile}.json"
+    results = (
+        json.loads(path.read_text()) if path.exists() else {"profile": args.profile, "chapters": {}}
+    )
+    failed = []
+    for chapter, notebook in notebooks(args.book, chapters).items():
+        entry = run_chapter(chapter, notebook, args.profile, args.runs)
+        if entry["status"] != "ok":
+            failed.append(chapter)
+        results["chapters"][chapter] = entry
+        args.results.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        path.with_suffix(".md").write_text(render_markdown(results))
+    print(f"wrote {path} and {path.with_suffix('.md')}" + (f"; FAILED: {failed}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Run profiles, seeding and device choice for the notebooks.
+
+A notebook chooses its sizes once, in a config cell, with :func:`pick`::
+
+    steps = pick(smoke=50, cpu=3_000, gpu=40_000)
+
+The profile comes from the environment variable ``NBUTILS_PROFILE`` (``smoke``, ``cpu`` or
+``gpu``); when it is unset, ``gpu`` is used where CUDA is available and ``cpu`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROFILES = ("smoke", "cpu", "gpu")
+PROFILE_ENV = "NBUTILS_PROFILE"
+DEVICE_ENV = "NBUTILS_DEVICE"
+
+#: What each profile is for and what it is budgeted to cost per notebook.
+BUDGETS = {
+    "smoke": "about 1 minute on 2 CPU cores: every code path runs, sanity asserts hold",
+    "cpu": "about 4 minutes on 2 CPU cores: recognisable results",
+    "gpu": "about 5 minutes on one H100: the chapter's target numbers",
+}
+
+
+def profile() -> str:
+    """The active run profile: ``NBUTILS_PROFILE`` or, when unset, ``gpu``/``cpu`` by CUDA.
+
+    Raises:
+        ValueError: if ``NBUTILS_PROFILE`` holds anything but one of :data:`PROFILES`.
+    """
+    value = os.environ.get(PROFILE_ENV, "").strip()
+    if not value:
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if value not in PROFILES:
+        raise ValueError(
+            f"{PROFILE_ENV}={value!r} is not a run profile; expected one of {', '.join(PROFILES)}"
+        )
+    return value
+
+
+def pick(*, smoke, cpu, gpu):
+    """Return the argument named after the active profile.
+
+    Example:
+        >>> import os; os.environ["NBUTILS_PROFILE"] = "smoke"
+        >>> pick(smoke=10, cpu=1_000, gpu=50_000)
+        10
+    """
+    return {"smoke": smoke, "cpu": cpu, "gpu": gpu}[profile()]
+
+
+def device() -> torch.device:
+    """The device notebooks put their models on: ``NBUTILS_DEVICE`` if set, else CUDA if present."""
+    wanted = os.environ.get(DEVICE_ENV, "").strip()
+    if wanted:
+        return torch.device(wanted)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); return a CPU generator seeded the same way.
+
+    Args:
+        seed: a non-negative integer.
+    """
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (notebooks may use the legacy global RNG)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+def machine() -> dict:
+    """A short description of this machine: platform, CPU count, GPU name, torch version."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "platform": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "gpu": gpu,
+        "torch": str(torch.__version__),
+    }
+
+
+def git_commit(path: str | os.PathLike = ".") -> str | None:
+    """The commit of the checkout that holds ``path`` (with ``+dirty`` if it has changes).
+
+    ``NBUTILS_COMMIT`` overrides it, for copies of the tree that travel without ``.git``.
+    """
+    if os.environ.get("NBUTILS_COMMIT"):
+        return os.environ["NBUTILS_COMMIT"]
+    try:
+        run = dict(cwd=Path(path), capture_output=True, text=True, timeout=10)
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], **run).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not sha:
+        return None
+    return sha + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def banner(expected: dict[str, str] | None = None) -> str:
+    """Describe the run for the top of a notebook: profile, device, torch, expected time.
+
+    Args:
+        expected: profile -> expected wall time of this notebook, e.g. ``{"cpu": "4 min"}``.
+    """
+    name = profile()
+    lines = [
+        f"profile : {name} ({BUDGETS[name]})",
+        f"device  : {device()}" + (f" ({machine()['gpu']})" if torch.cuda.is_available() else ""),
+        f"torch   : {torch.__version__}, {torch.get_num_threads()} CPU threads",
+    ]
+    if expected and name in expected:
+        lines.append(f"expected: {expected[name]} for the whole notebook in this profile")
+    text = "\n".join(lines)
+    print(text)
+    return text

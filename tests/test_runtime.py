@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from nbutils import runtime
+
+
+@pytest.mark.parametrize("name", runtime.PROFILES)
+def test_pick_follows_the_profile(monkeypatch, name):
+    monkeypatch.setenv("NBUTILS_PROFILE", name)
+    assert runtime.profile() == name
+    assert runtime.pick(smoke="s", cpu="c", gpu="g") == name[0]
+
+
+def test_unknown_profile_lists_the_valid_ones(monkeypatch):
+    monkeypatch.setenv("NBUTILS_PROFILE", "fast")
+    with pytest.raises(ValueError, match="smoke, cpu, gpu") as err:
+        runtime.profile()
+    assert "'fast'" in str(err.value)
+
+
+def test_default_profile_depends_on_cuda(monkeypatch):
+    monkeypatch.delenv("NBUTILS_PROFILE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.profile() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.profile() == "gpu"
+
+
+def test_pick_needs_every_profile():
+    with pytest.raises(TypeError):
+        runtime.pick(smoke=1, cpu=2)
+
+
+def test_seed_everything_makes_draws_repeat():
+    g = runtime.seed_everything(3)
+    a = torch.randn(4), torch.rand(2, generator=g)
+    g = runtime.seed_everything(3)
+    b = torch.randn(4), torch.rand(2, generator=g)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="non-negative"):
+        runtime.seed_everything(-1)
+
+
+def test_device_override(monkeypatch):
+    monkeypatch.setenv("NBUTILS_DEVICE", "cpu")
+    assert runtime.device() == torch.device("cpu")
+
+
+def test_banner_names_profile_and_expected_time(monkeypatch, capsys):
+    monkeypatch.setenv("NBUTILS_PROFILE", "smoke")
+    text = runtime.banner({"smoke": "30 s"})
+    assert "smoke" in text and "30 s" in text
+    assert "smoke" in capsys.readouterr().out
