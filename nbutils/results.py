@@ -103,6 +103,25 @@ def _cell(value) -> str:
     return str(value).replace("|", "\\|")
 
 
+def merge(sources: list[Path], path: Path, profile: str) -> int:
+    """Copy the chapter entries of other results files of the same profile into ``path``."""
+    results = (
+        json.loads(path.read_text()) if path.exists() else {"profile": profile, "chapters": {}}
+    )
+    for source in sources:
+        other = json.loads(source.read_text())
+        if other.get("profile") != profile:
+            raise SystemExit(
+                f"{source} holds the {other.get('profile')!r} profile, not {profile!r}"
+            )
+        results["chapters"].update(other["chapters"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    path.with_suffix(".md").write_text(render_markdown(results))
+    print(f"merged {len(sources)} file(s) into {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nbutils.results")
     parser.add_argument("--profile", choices=PROFILES, required=True)
@@ -110,7 +129,17 @@ def main(argv=None) -> int:
     parser.add_argument("--book", type=Path, default=Path("book"))
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="instead of running notebooks, merge the chapters of these "
+        "results files (e.g. measured on another machine)",
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.results / f"{args.profile}.json", args.profile)
     chapters = [c.strip().zfill(2) for c in args.chapters.split(",")] if args.chapters else None
     path = args.results / f"{args.profile}.json"
     results = (
