@@ -66,7 +66,8 @@ class TimeMLP(nn.Module):
         self.mlp = MLP((dim, hidden or 4 * dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.dim))
+        features = timestep_embedding(t, self.dim)  # (B, dim), float32
+        return self.mlp(features.to(self.mlp[0].weight.dtype))  # in the weights' dtype
 
 
 class MnistClassifier(nn.Module):

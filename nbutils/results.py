@@ -3,9 +3,10 @@
     python -m nbutils.results --profile cpu [--chapters 01,07]
 
 Each chapter's notebook ``book/NN_*.ipynb`` runs in its own process through
-:mod:`nbutils.run`; its ``report(...)`` numbers, wall time, date, machine, torch version and
-commit are merged into ``results/<profile>.json`` (other chapters are kept as they were) and
-the whole file is rendered as ``results/<profile>.md``.
+:mod:`nbutils.run`, training from scratch (a fresh checkpoint folder under ``runs/``). Its
+``report(...)`` numbers, wall time, date, machine, torch version and commit are merged into
+``results/<profile>.json`` (other chapters are kept as they were), and the whole file is
+rendered as ``results/<profile>.md``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -38,18 +41,12 @@ def notebooks(book: Path, chapters: list[str] | None) -> dict[str, Path]:
 def run_chapter(chapter: str, notebook: Path, profile: str, runs: Path) -> dict:
     """Run one notebook in a fresh process; return its results entry."""
     out = runs / profile / chapter
+    checkpoints = out / "checkpoints"  # fresh, so that the wall time includes training
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    env = {**os.environ, "NBUTILS_CKPT": str(checkpoints.resolve())}
+    cmd = [sys.executable, "-m", "nbutils.run", str(notebook), "--profile", profile]
     started = time.perf_counter()
-    cmd = [
-        sys.executable,
-        "-m",
-        "nbutils.run",
-        str(notebook),
-        "--profile",
-        profile,
-        "--out",
-        str(out),
-    ]
-    code = subprocess.run(cmd).returncode
+    code = subprocess.run([*cmd, "--out", str(out)], env=env).returncode
     seconds = round(time.perf_counter() - started, 1)
     report_file = out / f"report_{chapter}.json"
     entry = {

@@ -1,0 +1,239 @@
+"""ODE samplers for velocity fields: Euler, Heun and an adaptive Dormand-Prince (RK45) solver.
+
+All of them integrate ``dx/dt = v(x, t)`` for a network called as ``model(x, t, **cond)``
+with ``t`` of shape (B,). In this book t = 0 is data and t = 1 is noise, so generation runs
+from t = 1 down to t = 0 along a **decreasing** time grid ``ts`` (``ts[0] = 1``,
+``ts[-1] = 0``); an increasing grid runs the same ODE the other way (data -> noise).
+
+The fixed-step samplers have the book's signature ``sampler(model, x, ts, *, callback=None,
+**cond) -> x``. The callback is called once per step with a dict::
+
+    {"i": step index, "t": time reached, "x": state at that time (B, *),
+     "v": slope of the step, (x_new - x_old) / (t_new - t_old), (B, *), "nfe": evaluations so far}
+
+:class:`NFECounter` wraps a model to count its evaluations, whatever the sampler.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+def time_grid(steps: int, t_start: float = 1.0, t_end: float = 0.0) -> torch.Tensor:
+    """Uniform grid of ``steps + 1`` times from ``t_start`` to ``t_end`` (float64, CPU).
+
+    Example:
+        >>> time_grid(4).tolist()
+        [1.0, 0.75, 0.5, 0.25, 0.0]
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    return torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64)
+
+
+def check_grid(ts) -> list[float]:
+    """Validate a time grid and return it as a list of floats.
+
+    A grid is 1-D, has at least two points, lies in [0, 1] and is strictly monotone
+    (decreasing for generation, increasing for encoding).
+
+    Raises:
+        ValueError: with what was expected and what came.
+    """
+    ts = torch.as_tensor(ts, dtype=torch.float64).cpu()
+    if ts.dim() != 1 or ts.numel() < 2:
+        raise ValueError(f"ts must be a 1-D grid of at least 2 times, got shape {tuple(ts.shape)}")
+    if not torch.isfinite(ts).all() or ts.min() < 0 or ts.max() > 1:
+        raise ValueError(
+            f"times must lie in [0, 1] (t = 0 data, t = 1 noise), got [{ts.min()}, {ts.max()}]"
+        )
+    steps = ts[1:] - ts[:-1]
+    if not ((steps < 0).all() or (steps > 0).all()):
+        raise ValueError(f"ts must be strictly monotone (e.g. 1 -> 0 to generate), got {ts}")
+    return ts.tolist()
+
+
+def _check_state(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
+        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a floating tensor of shape (B, *), got {got}")
+
+
+def velocity(model: Callable, x: torch.Tensor, t: float, **cond) -> torch.Tensor:
+    """Evaluate ``model(x, t)`` at one time for the whole batch and check the output's shape.
+
+    Args:
+        model: the velocity network, ``model(x, t, **cond)`` with t (B,).
+        x: (B, *) states.
+        t: the common time of the batch.
+
+    Returns:
+        (B, *) velocities dx/dt.
+    """
+    tb = torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)  # (B,)
+    v = model(x, tb, **cond)
+    if v.shape != x.shape:
+        raise ValueError(
+            f"the model returned shape {tuple(v.shape)} for x of shape {tuple(x.shape)}; "
+            "a velocity must have the shape of its input"
+        )
+    return v
+
+
+class NFECounter:
+    """Wrap a model and count its evaluations (number of function evaluations, NFE).
+
+    Example:
+        >>> counted = NFECounter(lambda x, t: -x)
+        >>> _ = heun(counted, torch.ones(3, 2), time_grid(4))
+        >>> counted.nfe
+        8
+    """
+
+    def __init__(self, model: Callable):
+        self.model, self.nfe = model, 0
+
+    def __call__(self, x, t, **cond):
+        self.nfe += 1
+        return self.model(x, t, **cond)
+
+
+def _report(callback, i, t, x, v, nfe) -> None:
+    if callback is not None:
+        callback({"i": i, "t": t, "x": x, "v": v, "nfe": nfe})
+
+
+@torch.no_grad()
+def euler(model: Callable, x: torch.Tensor, ts, *, callback=None, **cond) -> torch.Tensor:
+    """Euler's method: ``x <- x + (t_next - t) v(x, t)``; one evaluation per step.
+
+    Args:
+        model: velocity network ``model(x, t, **cond)``, t (B,).
+        x: (B, *) states at ``ts[0]`` (noise at t = 1 to generate).
+        ts: monotone grid in [0, 1], e.g. :func:`time_grid`.
+        callback: called after every step with the dict described in the module docstring.
+        **cond: passed to the model (e.g. ``y`` labels).
+
+    Returns:
+        (B, *) states at ``ts[-1]``.
+    """
+    ts, _ = check_grid(ts), _check_state(x)
+    for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:], strict=True)):
+        v = velocity(model, x, t, **cond)
+        x = x + (t_next - t) * v
+        _report(callback, i, t_next, x, v, i + 1)
+    return x
+
+
+@torch.no_grad()
+def heun(model: Callable, x: torch.Tensor, ts, *, callback=None, **cond) -> torch.Tensor:
+    """Heun's method (explicit trapezoid): an Euler predictor, then the average of the two
+    slopes; second order, two evaluations per step. Same arguments as :func:`euler`."""
+    ts, _ = check_grid(ts), _check_state(x)
+    for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:], strict=True)):
+        h = t_next - t
+        v1 = velocity(model, x, t, **cond)
+        v2 = velocity(model, x + h * v1, t_next, **cond)  # slope at the Euler prediction
+        v = 0.5 * (v1 + v2)
+        x = x + h * v
+        _report(callback, i, t_next, x, v, 2 * (i + 1))
+    return x
+
+
+# Dormand-Prince 5(4) tableau: nodes C, stages A, 5th-order weights B5, 4th-order weights B4.
+_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
+_A = (
+    (),
+    (1 / 5,),
+    (3 / 40, 9 / 40),
+    (44 / 45, -56 / 15, 32 / 9),
+    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+)
+_B5 = _A[6] + (0.0,)
+_B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
+
+
+def dopri_step(f: Callable, x: torch.Tensor, t: float, h: float, k1: torch.Tensor):
+    """One Dormand-Prince step of size ``h`` from ``(t, x)`` given the slope ``k1 = f(x, t)``.
+
+    Returns:
+        ``(x5, error, k7)``: the 5th-order solution, the difference between the 5th- and
+        4th-order solutions, and the slope at ``(t + h, x5)`` (first slope of the next step).
+    """
+    ks = [k1]
+    for c, row in zip(_C[1:], _A[1:], strict=True):
+        dx = sum(a * k for a, k in zip(row, ks, strict=True) if a != 0.0)
+        ks.append(f(x + h * dx, t + c * h))
+    x5 = x + h * sum(
+        b * k for b, k in zip(_B5, ks, strict=True) if b != 0.0
+    )  # equals the 7th stage point
+    error = h * sum((b5 - b4) * k for b5, b4, k in zip(_B5, _B4, ks, strict=True))
+    return x5, error, ks[-1]
+
+
+def _error_norm(error: torch.Tensor, x: torch.Tensor, x_new: torch.Tensor, rtol, atol) -> float:
+    scale = atol + rtol * torch.maximum(x.abs(), x_new.abs())
+    return (error / scale).pow(2).mean().sqrt().item()  # RMS over batch and dimensions
+
+
+@torch.no_grad()
+def rk45(
+    model: Callable,
+    x: torch.Tensor,
+    ts: Sequence[float] | torch.Tensor = (1.0, 0.0),
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    first_step: float | None = None,
+    max_steps: int = 10_000,
+    callback=None,
+    **cond,
+) -> torch.Tensor:
+    """Adaptive Dormand-Prince 5(4) integration (the reference solver, like scipy's RK45).
+
+    The step is accepted when the RMS of the local error, scaled by
+    ``atol + rtol * |x|``, is at most 1; the next step is then ``h * 0.9 * err^(-1/5)``
+    (changed by a factor in [0.2, 10]). One step size serves the whole batch. Steps land
+    exactly on every time in ``ts``; the callback sees every accepted step.
+
+    Args:
+        model, x, callback, **cond: as in :func:`euler`.
+        ts: monotone times in [0, 1]; default ``(1, 0)``, noise to data.
+        rtol, atol: relative and absolute tolerances.
+        first_step: initial step length (default: 1% of the first interval).
+        max_steps: give up (RuntimeError) after this many attempted steps.
+
+    Returns:
+        (B, *) states at ``ts[-1]``. Use :class:`NFECounter` (or the callback's ``"nfe"``)
+        for the number of evaluations.
+    """
+    ts, _ = check_grid(ts), _check_state(x)
+    nfe = [0]
+
+    def f(state, t):
+        nfe[0] += 1
+        return velocity(model, state, t, **cond)
+
+    sign = 1.0 if ts[-1] > ts[0] else -1.0
+    h = abs(first_step) if first_step else 0.01 * abs(ts[1] - ts[0])
+    t, k, attempts, accepted = ts[0], f(x, ts[0]), 0, 0
+    for target in ts[1:]:
+        while sign * (target - t) > 1e-12:
+            attempts += 1
+            if attempts > max_steps:
+                raise RuntimeError(f"rk45 took more than {max_steps} steps; loosen rtol/atol")
+            step = sign * min(h, abs(target - t))
+            x_new, error, k_new = dopri_step(f, x, t, step, k)
+            err = _error_norm(error, x, x_new, rtol, atol)
+            if err <= 1.0:  # accept
+                t_new = target if abs(target - (t + step)) < 1e-12 else t + step
+                _report(callback, accepted, t_new, x_new, (x_new - x) / step, nfe[0])
+                x, t, k, accepted = x_new, t_new, k_new, accepted + 1
+            factor = 10.0 if err == 0 else min(10.0, max(0.2, 0.9 * err**-0.2))
+            h = abs(step) * factor if math.isfinite(factor) else abs(step) * 0.2
+    return x

@@ -1,0 +1,199 @@
+"""ODE samplers against closed forms: exactness, convergence order, the Gaussian map, errors."""
+
+import math
+
+import pytest
+import torch
+
+from nbutils.rectified import gaussian_velocity
+from nbutils.samplers import NFECounter, check_grid, euler, heun, rk45, time_grid
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny: one thread is faster, and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+FIXED = [euler, heun]
+ALL = [euler, heun, rk45]
+
+
+def constant_field(c):
+    return lambda x, t: c.expand_as(x)
+
+
+def growth_field(x, t):
+    """dx/dt = t x, so x(0) = x(1) exp(-1/2)."""
+    return x * t[:, None]
+
+
+def test_time_grid_runs_from_noise_to_data():
+    ts = time_grid(4)
+    assert ts.tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert time_grid(2, 0.0, 1.0).tolist() == [0.0, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("sampler", FIXED)
+@pytest.mark.parametrize("steps", [1, 3, 10])
+def test_exact_on_a_constant_field(sampler, steps):
+    x1 = torch.randn(5, 3, dtype=torch.float64)
+    c = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    x0 = sampler(constant_field(c), x1, time_grid(steps))
+    torch.testing.assert_close(x0, x1 - c, rtol=0, atol=1e-12)
+
+
+def test_rk45_exact_on_a_constant_field():
+    x1 = torch.randn(5, 3, dtype=torch.float64)
+    c = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    torch.testing.assert_close(rk45(constant_field(c), x1), x1 - c, rtol=0, atol=1e-12)
+
+
+def heun_error(steps):
+    x1 = torch.ones(1, 1, dtype=torch.float64)
+    return (heun(growth_field, x1, time_grid(steps)) - math.exp(-0.5)).abs().item()
+
+
+def euler_error(steps):
+    x1 = torch.ones(1, 1, dtype=torch.float64)
+    return (euler(growth_field, x1, time_grid(steps)) - math.exp(-0.5)).abs().item()
+
+
+@pytest.mark.parametrize("steps", [32, 64, 128])
+def test_heun_is_second_order_euler_first_order(steps):
+    assert 3.5 < heun_error(steps) / heun_error(2 * steps) < 4.5
+    assert 1.8 < euler_error(steps) / euler_error(2 * steps) < 2.2
+
+
+def test_rk45_meets_its_tolerance_with_few_evaluations():
+    counted = NFECounter(growth_field)
+    x1 = torch.linspace(-2, 2, 7, dtype=torch.float64)[:, None]
+    x0 = rk45(counted, x1, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(x0, x1 * math.exp(-0.5), rtol=1e-7, atol=1e-8)
+    assert counted.nfe < 300
+
+
+def test_rk45_lands_on_every_time_of_the_grid():
+    seen = []
+    rk45(growth_field, torch.ones(2, 1), [1.0, 0.6, 0.25, 0.0], callback=lambda s: seen.append(s))
+    times = [s["t"] for s in seen]
+    assert {0.6, 0.25, 0.0} <= set(times)
+    assert times == sorted(times, reverse=True)
+
+
+def affine_map(sampler, field, d, **kwargs):
+    """A linear ODE gives an affine map x1 -> x0 = A x1 + b; read A and b off d + 1 points."""
+    points = torch.cat([torch.zeros(1, d), torch.eye(d)]).double()  # (d + 1, d)
+    out = sampler(field, points, **kwargs)
+    b = out[0]
+    return out[1:].T - b[:, None], b  # A (d, d), b (d,)
+
+
+@pytest.mark.parametrize(
+    "sampler, kwargs, tol",
+    [(rk45, dict(rtol=1e-10, atol=1e-10), 1e-7), (heun, dict(ts=time_grid(200)), 1e-3)],
+)
+def test_closed_form_velocity_maps_noise_to_the_data_gaussian(sampler, kwargs, tol):
+    mean = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    root = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.5, 0.0], [-0.3, 0.2, 0.3]], dtype=torch.float64)
+    cov = root @ root.T
+    a, b = affine_map(sampler, gaussian_velocity(mean, cov), 3, **kwargs)
+    # noise N(0, I) pushed through x0 = A x1 + b is N(b, A A^T): the data Gaussian
+    torch.testing.assert_close(b, mean, rtol=0, atol=tol)
+    torch.testing.assert_close(a @ a.T, cov, rtol=0, atol=tol)
+
+
+def test_closed_form_velocity_on_samples():
+    torch.manual_seed(0)
+    mean, cov = torch.tensor([2.0, -1.0]), torch.tensor([[0.5, 0.3], [0.3, 0.4]])
+    x0 = euler(gaussian_velocity(mean, cov), torch.randn(20_000, 2), time_grid(100))
+    torch.testing.assert_close(x0.mean(0), mean, rtol=0, atol=0.03)
+    torch.testing.assert_close(torch.cov(x0.T), cov, rtol=0, atol=0.03)
+
+
+@pytest.mark.parametrize("sampler", FIXED)
+def test_callback_sees_every_step(sampler):
+    seen = []
+    x1 = torch.randn(4, 2)
+    x0 = sampler(growth_field, x1, time_grid(5), callback=lambda s: seen.append(dict(s)))
+    assert [s["i"] for s in seen] == list(range(5))
+    assert [s["t"] for s in seen] == time_grid(5)[1:].tolist()
+    assert seen[-1]["x"] is x0 or torch.equal(seen[-1]["x"], x0)
+    assert seen[-1]["nfe"] == 5 * (1 if sampler is euler else 2)
+    # the reported slope is the step: x_next = x + dt * v
+    x_prev = seen[1]["x"]
+    torch.testing.assert_close(seen[2]["x"], x_prev - 0.2 * seen[2]["v"])
+
+
+def test_callback_slopes_reassemble_the_rk45_path():
+    seen, x1 = [], torch.randn(4, 2, dtype=torch.float64)
+    x0 = rk45(growth_field, x1, callback=seen.append)
+    x, t = x1, 1.0
+    for s in seen:
+        x, t = x + (s["t"] - t) * s["v"], s["t"]
+    torch.testing.assert_close(x, x0)
+
+
+def test_conditioning_reaches_the_model():
+    def field(x, t, shift):
+        return shift.expand_as(x)
+
+    shift = torch.tensor([1.0, 2.0])
+    for sampler in ALL:
+        x0 = sampler(field, torch.zeros(3, 2), time_grid(2), shift=shift)
+        torch.testing.assert_close(x0, -shift.expand(3, 2))
+
+
+def test_samplers_agree_at_many_steps():
+    mean, cov = torch.tensor([1.0, 0.0]), torch.tensor([[1.0, 0.5], [0.5, 2.0]])
+    field, x1 = gaussian_velocity(mean.double(), cov.double()), torch.randn(8, 2).double()
+    reference = rk45(field, x1, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(heun(field, x1, time_grid(100)), reference, atol=1e-4, rtol=0)
+    torch.testing.assert_close(euler(field, x1, time_grid(1000)), reference, atol=1e-2, rtol=0)
+
+
+def test_an_increasing_grid_runs_the_ode_forward():
+    x0 = torch.ones(1, 1, dtype=torch.float64)
+    x1 = heun(growth_field, x0, time_grid(200, 0.0, 1.0))
+    assert abs(x1.item() - math.exp(0.5)) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "ts, match",
+    [
+        ([1.0, 0.5, 1.2], r"\[0, 1\]"),
+        ([1.0, -0.1], r"\[0, 1\]"),
+        ([1.0, 0.5, 0.5, 0.0], "monotone"),
+        ([1.0, 0.2, 0.5], "monotone"),
+        ([1.0], "at least 2"),
+        ([[1.0, 0.0]], "1-D"),
+        ([1.0, float("nan")], r"\[0, 1\]"),
+    ],
+)
+def test_bad_grids_give_clear_errors(ts, match):
+    with pytest.raises(ValueError, match=match):
+        check_grid(ts)
+    for sampler in ALL:
+        with pytest.raises(ValueError, match=match):
+            sampler(growth_field, torch.ones(2, 1), ts)
+
+
+def test_shape_mismatch_gives_a_clear_error():
+    def wrong(x, t):
+        return x[:, :1]
+
+    for sampler in ALL:
+        with pytest.raises(ValueError, match="shape of its input"):
+            sampler(wrong, torch.ones(2, 3), time_grid(2))
+        with pytest.raises(ValueError, match=r"shape \(B, \*\)"):
+            sampler(growth_field, torch.ones(3), time_grid(2))
+        with pytest.raises(ValueError, match="floating"):
+            sampler(growth_field, torch.ones(2, 3, dtype=torch.long), time_grid(2))
+
+
+def test_rk45_gives_up_clearly():
+    with pytest.raises(RuntimeError, match="more than 5 steps"):
+        rk45(lambda x, t: 1e3 * torch.sin(1e3 * x), torch.ones(2, 1), max_steps=5)
