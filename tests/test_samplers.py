@@ -8,14 +8,7 @@ import torch
 from nbutils.rectified import gaussian_velocity
 from nbutils.samplers import NFECounter, check_grid, euler, heun, rk45, time_grid
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is faster, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FIXED = [euler, heun]
