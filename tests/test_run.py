@@ -82,3 +82,22 @@ def test_command_line_exit_codes(tmp_path):
     assert fail.returncode == 1 and "ZeroDivisionError" in fail.stderr
     unknown = subprocess.run([*run, str(good), "--profile", "fast"], capture_output=True, text=True)
     assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
+
+
+def test_runner_needs_no_jupyter(tmp_path):
+    """As on a GPU machine: IPython, ipywidgets and Jupyter are not importable."""
+    nb = _notebook(
+        tmp_path / "plain.ipynb",
+        "from tqdm.auto import tqdm\nfrom nbutils import plot\n"
+        "total = sum(i for i in tqdm(range(5)))\nplot.frame_slider([[[0.0, 1.0]]], ['only'])",
+    )
+    blocker = (
+        "import sys\n"
+        "for name in ('IPython', 'ipywidgets', 'ipykernel', 'jupyter_client', 'nbformat'):\n"
+        "    sys.modules[name] = None  # importing them now fails\n"
+        "from nbutils.run import main\n"
+        f"sys.exit(main([{str(nb)!r}, '--profile', 'smoke', '--out', {str(tmp_path / 'o')!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "o" / "cell00_out1.html").exists()
