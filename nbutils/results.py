@@ -38,8 +38,11 @@ def notebooks(book: Path, chapters: list[str] | None) -> dict[str, Path]:
     return {c: found[c] for c in chapters}
 
 
-def run_chapter(chapter: str, notebook: Path, profile: str, runs: Path) -> dict:
-    """Run one notebook in a fresh process; return its results entry."""
+def run_chapter(
+    chapter: str, notebook: Path, profile: str, runs: Path, note: str | None = None
+) -> dict:
+    """Run one notebook in a fresh process; return its results entry (with ``note`` if given,
+    e.g. how the machine was shared)."""
     out = runs / profile / chapter
     checkpoints = out / "checkpoints"  # fresh, so that the wall time includes training
     shutil.rmtree(checkpoints, ignore_errors=True)
@@ -58,6 +61,8 @@ def run_chapter(chapter: str, notebook: Path, profile: str, runs: Path) -> dict:
         "machine": machine(),
         "metrics": {},
     }
+    if note:
+        entry["note"] = note
     if code == 0 and report_file.exists():
         entry["metrics"] = json.loads(report_file.read_text())["metrics"]
     elif code == 0:
@@ -82,11 +87,16 @@ def render_markdown(results: dict) -> str:
             f"{entry['status']}; {entry['wall_seconds']:.0f} s on {where}, "
             f"torch {m.get('torch')}, commit {entry['commit']}, {entry['date']}",
             "",
-            "| metric | ours | unit | paper | source |",
-            "|---|---|---|---|---|",
+        ]
+        if entry.get("note"):
+            lines += [f"Note: {entry['note']}", ""]
+        lines += [
+            "| metric | ours | unit | paper | source | note |",
+            "|---|---|---|---|---|---|",
         ]
         for name, v in entry["metrics"].items():
-            cells = [name, v.get("value"), v.get("unit"), v.get("paper"), v.get("source")]
+            keys = ("value", "unit", "paper", "source", "note")
+            cells = [name, *(v.get(k) for k in keys)]
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -134,6 +144,7 @@ def main(argv=None) -> int:
         help="instead of running notebooks, merge the chapters of these "
         "results files (e.g. measured on another machine)",
     )
+    parser.add_argument("--note", help="a remark stored with each chapter's entry")
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.results / f"{args.profile}.json", args.profile)
@@ -144,7 +155,7 @@ def main(argv=None) -> int:
     )
     failed = []
     for chapter, notebook in notebooks(args.book, chapters).items():
-        entry = run_chapter(chapter, notebook, args.profile, args.runs)
+        entry = run_chapter(chapter, notebook, args.profile, args.runs, args.note)
         if entry["status"] != "ok":
             failed.append(chapter)
         results["chapters"][chapter] = entry

@@ -8,6 +8,8 @@ resume *exactly* (weights, optimiser, schedule, EMA, data order, random-number s
 loss history), atomically, every ``save_every`` steps and at the end; it resumes from such a
 file, and refuses one written for another configuration. A non-finite loss stops training
 with :class:`NonFiniteLoss` before the bad step touches the weights or the checkpoint.
+With ``keep_best=KeepBest(score, every)`` it also scores the model on held-out data during
+training and keeps the best weights (model selection by early stopping).
 
 Randomness inside ``loss_fn`` must come from torch's global generator (``torch.randn`` etc.),
 whose state is saved; Python's ``random`` and NumPy are not.
@@ -102,6 +104,77 @@ class EMA:
         self.decay = state["decay"]
         for key, value in state["shadow"].items():
             self.shadow[key].copy_(value)
+
+
+class KeepBest:
+    """Model selection during training: score the model every ``every`` steps, keep the best.
+
+    Passed to :func:`fit` as ``keep_best``, it calls ``score(model)`` (lower is better, e.g. a
+    validation loss) with the model in eval mode and without gradients after every ``every``
+    steps and after the last one, records the curve, and keeps a CPU copy of the weights with
+    the lowest score. Its state is saved in ``fit``'s checkpoints, so a resumed or reloaded run
+    still knows its best weights. The time spent scoring counts as training time.
+
+    Args:
+        score: ``score(model) -> float``; a non-finite score is recorded but never best.
+        every: steps between scores (at least 1).
+    """
+
+    def __init__(self, score, every: int):
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer, got {every!r}")
+        self.score, self.every = score, every
+        self.steps: list[int] = []
+        self.scores: list[float] = []
+        self.best_step: int | None = None
+        self.best_score = math.inf
+        self.best_state: dict | None = None
+
+    @torch.no_grad()
+    def __call__(self, step: int, model: nn.Module) -> float:
+        """Score ``model`` after ``step`` steps; remember its weights if they are the best."""
+        was_training = model.training
+        model.eval()
+        try:
+            value = float(self.score(model))
+        finally:
+            model.train(was_training)
+        self.steps.append(step)
+        self.scores.append(value)
+        if math.isfinite(value) and value < self.best_score:
+            self.best_step, self.best_score = step, value
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return value
+
+    def load_into(self, model: nn.Module) -> nn.Module:
+        """Load the best weights into ``model`` (on its own device) and return it."""
+        if self.best_state is None:
+            raise RuntimeError(
+                "KeepBest has no finite score yet: pass it to fit(keep_best=...) and train "
+                f"for at least {self.every} steps"
+            )
+        model.load_state_dict(self.best_state)
+        return model
+
+    def state_dict(self) -> dict:
+        return {
+            "every": self.every,
+            "steps": torch.tensor(self.steps, dtype=torch.int64),
+            "scores": torch.tensor(self.scores, dtype=torch.float64),
+            "best_step": self.best_step,
+            "best_score": self.best_score,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["every"] != self.every:
+            raise CheckpointMismatch(
+                f"the checkpoint scored every {state['every']} steps, this KeepBest every "
+                f"{self.every}"
+            )
+        self.steps, self.scores = state["steps"].tolist(), state["scores"].tolist()
+        self.best_step, self.best_score = state["best_step"], state["best_score"]
+        self.best_state = state["best_state"]
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -213,6 +286,7 @@ class _Run:
     ema: EMA | None
     config: dict
     history: History
+    keep_best: KeepBest | None = None
     step: int = 0
 
     def state(self) -> dict:
@@ -231,6 +305,7 @@ class _Run:
             "losses": torch.tensor(self.history.losses, dtype=torch.float64),
             "seconds": self.history.seconds,
             "torch": str(torch.__version__),
+            "keep_best": self.keep_best.state_dict() if self.keep_best else None,
         }
 
     def restore(self, state: dict) -> None:
@@ -242,6 +317,8 @@ class _Run:
         if state["batches"] is not None:
             self.batches.load_state_dict(state["batches"])
         _set_rng_state(state["rng"])
+        if self.keep_best is not None and state.get("keep_best") is not None:
+            self.keep_best.load_state_dict(state["keep_best"])
         self.history = History(state["losses"].tolist(), state["seconds"])
         self.step = state["step"]
 
@@ -258,6 +335,7 @@ def fit(
     cosine: bool = True,
     clip: float | None = None,
     ema: EMA | None = None,
+    keep_best: KeepBest | None = None,
     checkpoint: str | Path | None = None,
     config: dict | None = None,
     save_every: int | None = None,
@@ -273,6 +351,7 @@ def fit(
         lr, weight_decay: AdamW settings. warmup: linear warm-up steps. cosine: decay lr to 0.
         clip: clip the global gradient norm to this value.
         ema: an :class:`EMA` updated after every step.
+        keep_best: a :class:`KeepBest` that scores the model during training.
         checkpoint: file to save to and resume from.
         config: what the checkpoint must match (hashed); defaults to the training settings.
         save_every: steps between checkpoints (default: about ten per run).
@@ -296,12 +375,14 @@ def fit(
         "clip": clip,
         "ema": ema.decay if ema else None,
     }
+    if keep_best is not None:  # only then, so that other checkpoints keep their hashes
+        settings["keep_best_every"] = keep_best.every
     config = {**settings, **(config or {})}
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _schedule(s, steps, warmup, cosine)
     )
-    run = _Run(model, loss_fn, optimizer, scheduler, batches, ema, config, History())
+    run = _Run(model, loss_fn, optimizer, scheduler, batches, ema, config, History(), keep_best)
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists():
         state = load_checkpoint(path, map_location=_device_of(model))
@@ -338,6 +419,9 @@ def _train(run: _Run, steps: int, clip, path: Path | None, save_every: int, desc
             if run.step % 25 == 0 or run.step == steps:
                 recent = run.history.losses[-25:]
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.4g}")
+            keeper = run.keep_best
+            if keeper is not None and (run.step % keeper.every == 0 or run.step == steps):
+                keeper(run.step, model)
             if path is not None and (run.step % save_every == 0 or run.step == steps):
                 run.history.seconds += time.perf_counter() - started
                 started = time.perf_counter()

@@ -35,12 +35,14 @@ def test_results_run_notebooks_and_merge(tmp_path, monkeypatch):
         "report('03', {'nll': {'value': 81.5, 'unit': 'nats', 'paper': 81.3}})",
     )
     _notebook(book / "04_b.ipynb", "raise ValueError('broken chapter')")
-    assert results.main(["--profile", "smoke", "--chapters", "3"]) == 0
+    assert results.main(["--profile", "smoke", "--chapters", "3", "--note", "shared GPU"]) == 0
     saved = json.loads((tmp_path / "results" / "smoke.json").read_text())
     entry = saved["chapters"]["03"]
     assert entry["status"] == "ok" and entry["metrics"]["nll"]["value"] == 81.5
     assert entry["wall_seconds"] > 0 and entry["machine"]["torch"]
-    assert "| nll | 81.5 | nats | 81.3 |" in (tmp_path / "results" / "smoke.md").read_text()
+    assert entry["note"] == "shared GPU"
+    table = (tmp_path / "results" / "smoke.md").read_text()
+    assert "| nll | 81.5 | nats | 81.3 |  |  |" in table and "Note: shared GPU" in table
 
     assert results.main(["--profile", "smoke", "--chapters", "04"]) == 1  # a failure is loud
     saved = json.loads((tmp_path / "results" / "smoke.json").read_text())

@@ -186,3 +186,47 @@ def test_history_smoothing():
     h = train.History([1.0, 3.0, 5.0, 7.0])
     assert h.smoothed(2) == [1.0, 2.0, 4.0, 6.0]
     assert math.isclose(sum(h.smoothed(10)), 1 + 2 + 3 + 4)
+
+
+def test_keep_best_keeps_the_weights_of_the_lowest_score(tmp_path):
+    model, loss_fn, batches = _problem()
+    scripted = iter([3.0, 1.0, float("nan"), 2.0, 1.5])  # the score after steps 5, 10, ..., 25
+    seen = {}
+
+    def score(m):
+        assert not m.training and not torch.is_grad_enabled()
+        seen[len(seen) * 5 + 5] = {k: v.clone() for k, v in m.state_dict().items()}
+        return next(scripted)
+
+    keeper = train.KeepBest(score, every=5)
+    path = tmp_path / "run.pt"
+    train.fit(model, loss_fn, batches, steps=25, lr=1e-2, keep_best=keeper, checkpoint=path)
+    assert keeper.steps == [5, 10, 15, 20, 25] and keeper.best_step == 10
+    assert keeper.best_score == 1.0 and math.isnan(keeper.scores[2])
+    final = {k: v.clone() for k, v in model.state_dict().items()}
+    assert not torch.equal(final["0.weight"], seen[10]["0.weight"])  # training went on
+    keeper.load_into(model)
+    for key, value in seen[10].items():
+        assert torch.equal(model.state_dict()[key], value)
+
+    # a finished checkpoint restores the selection without scoring again
+    fresh, _, fresh_batches = _problem()
+    again = train.KeepBest(lambda m: pytest.fail("scored again"), every=5)
+    train.fit(fresh, loss_fn, fresh_batches, steps=25, lr=1e-2, keep_best=again, checkpoint=path)
+    assert again.steps == keeper.steps and again.best_step == 10
+    again.load_into(fresh)
+    assert torch.equal(fresh.state_dict()["0.weight"], seen[10]["0.weight"])
+
+
+def test_keep_best_refuses_bad_settings_and_early_use(tmp_path):
+    with pytest.raises(ValueError, match="positive integer"):
+        train.KeepBest(lambda m: 0.0, every=0)
+    model, loss_fn, batches = _problem()
+    with pytest.raises(RuntimeError, match="no finite score yet"):
+        train.KeepBest(lambda m: 0.0, every=5).load_into(model)
+    path = tmp_path / "run.pt"
+    train.fit(model, loss_fn, batches, steps=10, lr=1e-2, keep_best=train.KeepBest(len, 5))
+    train.fit(model, loss_fn, batches, steps=10, checkpoint=path, keep_best=train.KeepBest(len, 5))
+    # the same run scored at another interval is another configuration
+    with pytest.raises(train.CheckpointMismatch, match="keep_best_every"):
+        train.fit(model, loss_fn, batches, steps=10, checkpoint=path, keep_best=train.KeepBest(len, 2))
