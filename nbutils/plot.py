@@ -135,13 +135,19 @@ def curves(
     logy: bool = False,
     smooth: int | None = None,
 ):
-    """Plot named sequences (e.g. training losses); ``smooth`` averages over a window."""
+    """Plot named sequences (e.g. training losses, value k at step k + 1) against the step.
+
+    ``smooth`` averages over a window of that many values, each drawn at the window's last
+    step, so a smoothed curve lines up with points plotted at true step numbers.
+    """
     ax = ax if ax is not None else subplots(size=4.0)[1]
     for name, values in series.items():
         y = _numpy(values).astype(np.float64)
+        x = np.arange(1, len(y) + 1)
         if smooth and len(y) > smooth:
             y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
-        ax.plot(np.arange(len(y)), y, label=name, lw=1)
+            x = x[smooth - 1 :]
+        ax.plot(x, y, label=name, lw=1)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import math
+import numbers
 import os
 import tempfile
 import time
@@ -113,7 +114,12 @@ class KeepBest:
     validation loss) with the model in eval mode and without gradients after every ``every``
     steps and after the last one, records the curve, and keeps a CPU copy of the weights with
     the lowest score. Its state is saved in ``fit``'s checkpoints, so a resumed or reloaded run
-    still knows its best weights. The time spent scoring counts as training time.
+    still knows its best weights; a run that starts from scratch starts a fresh record. The time
+    spent scoring counts as training time. It scores and keeps the raw weights, not an EMA's.
+
+    Only ``every`` enters the checkpoint's configuration hash: put what defines the score (its
+    data, their size) in ``fit``'s ``config``, so that a checkpoint selected on other data is
+    refused rather than reused.
 
     Args:
         score: ``score(model) -> float``; a non-finite score is recorded but never best.
@@ -121,9 +127,13 @@ class KeepBest:
     """
 
     def __init__(self, score, every: int):
-        if not isinstance(every, int) or every < 1:
+        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
             raise ValueError(f"every must be a positive integer, got {every!r}")
-        self.score, self.every = score, every
+        self.score, self.every = score, int(every)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every score and the best weights (``fit`` does this for a fresh run)."""
         self.steps: list[int] = []
         self.scores: list[float] = []
         self.best_step: int | None = None
@@ -150,8 +160,8 @@ class KeepBest:
         """Load the best weights into ``model`` (on its own device) and return it."""
         if self.best_state is None:
             raise RuntimeError(
-                "KeepBest has no finite score yet: pass it to fit(keep_best=...) and train "
-                f"for at least {self.every} steps"
+                "KeepBest has no finite score: pass it to fit(keep_best=...) (which scores at "
+                f"least after the last step); scores so far: {self.scores}"
             )
         model.load_state_dict(self.best_state)
         return model
@@ -174,7 +184,8 @@ class KeepBest:
             )
         self.steps, self.scores = state["steps"].tolist(), state["scores"].tolist()
         self.best_step, self.best_score = state["best_step"], state["best_score"]
-        self.best_state = state["best_state"]
+        best = state["best_state"]  # kept on the CPU, whatever device the checkpoint went to
+        self.best_state = None if best is None else {k: v.cpu() for k, v in best.items()}
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -384,6 +395,8 @@ def fit(
     )
     run = _Run(model, loss_fn, optimizer, scheduler, batches, ema, config, History(), keep_best)
     path = Path(checkpoint) if checkpoint is not None else None
+    if keep_best is not None:
+        keep_best.reset()  # a fresh run starts a fresh record; a checkpoint restores its own
     if path is not None and path.exists():
         state = load_checkpoint(path, map_location=_device_of(model))
         check_compatible(state, path, model, config)

@@ -49,3 +49,11 @@ def test_point_shapes_are_checked():
         plot.scatter2d(torch.zeros(5, 3))
     with pytest.raises(ValueError, match=r"\(T, N, 2\)"):
         plot.trajectories2d(torch.zeros(5, 2))
+
+
+def test_curves_draw_each_smoothed_value_at_its_window_end():
+    ax = plot.curves({"loss": [1.0, 2.0, 3.0, 4.0, 5.0]}, smooth=2)
+    x, y = ax.lines[0].get_data()
+    assert list(x) == [2, 3, 4, 5] and list(y) == [1.5, 2.5, 3.5, 4.5]
+    ax = plot.curves({"loss": [1.0, 2.0, 3.0]})
+    assert list(ax.lines[0].get_xdata()) == [1, 2, 3]  # value k belongs to step k + 1

@@ -190,7 +190,8 @@ def test_history_smoothing():
 
 def test_keep_best_keeps_the_weights_of_the_lowest_score(tmp_path):
     model, loss_fn, batches = _problem()
-    scripted = iter([3.0, 1.0, float("nan"), 2.0, 1.5])  # the score after steps 5, 10, ..., 25
+    # the score after steps 5, 10, ..., 25; non-finite scores must never count as the best
+    scripted = iter([3.0, 1.0, float("nan"), float("-inf"), 1.5])
     seen = {}
 
     def score(m):
@@ -202,7 +203,7 @@ def test_keep_best_keeps_the_weights_of_the_lowest_score(tmp_path):
     path = tmp_path / "run.pt"
     train.fit(model, loss_fn, batches, steps=25, lr=1e-2, keep_best=keeper, checkpoint=path)
     assert keeper.steps == [5, 10, 15, 20, 25] and keeper.best_step == 10
-    assert keeper.best_score == 1.0 and math.isnan(keeper.scores[2])
+    assert keeper.best_score == 1.0 and math.isnan(keeper.scores[2]) and keeper.scores[3] < 0
     final = {k: v.clone() for k, v in model.state_dict().items()}
     assert not torch.equal(final["0.weight"], seen[10]["0.weight"])  # training went on
     keeper.load_into(model)
@@ -222,11 +223,74 @@ def test_keep_best_refuses_bad_settings_and_early_use(tmp_path):
     with pytest.raises(ValueError, match="positive integer"):
         train.KeepBest(lambda m: 0.0, every=0)
     model, loss_fn, batches = _problem()
-    with pytest.raises(RuntimeError, match="no finite score yet"):
+    with pytest.raises(RuntimeError, match="no finite score"):
         train.KeepBest(lambda m: 0.0, every=5).load_into(model)
+    with pytest.raises(ValueError, match="positive integer"):
+        train.KeepBest(lambda m: 0.0, every=True)
     path = tmp_path / "run.pt"
-    train.fit(model, loss_fn, batches, steps=10, lr=1e-2, keep_best=train.KeepBest(len, 5))
     train.fit(model, loss_fn, batches, steps=10, checkpoint=path, keep_best=train.KeepBest(len, 5))
-    # the same run scored at another interval is another configuration
+    # the same run scored at another interval, or not scored, is another configuration
     with pytest.raises(train.CheckpointMismatch, match="keep_best_every"):
-        train.fit(model, loss_fn, batches, steps=10, checkpoint=path, keep_best=train.KeepBest(len, 2))
+        train.fit(
+            model, loss_fn, batches, steps=10, checkpoint=path, keep_best=train.KeepBest(len, 2)
+        )
+    with pytest.raises(train.CheckpointMismatch, match="keep_best_every"):
+        train.fit(model, loss_fn, batches, steps=10, checkpoint=path)
+    plain = tmp_path / "plain.pt"
+    train.fit(model, loss_fn, batches, steps=10, checkpoint=plain)
+    with pytest.raises(train.CheckpointMismatch, match="keep_best_every"):
+        train.fit(
+            model, loss_fn, batches, steps=10, checkpoint=plain, keep_best=train.KeepBest(len, 5)
+        )
+
+
+def test_keep_best_resumes_exactly_and_restarts_fresh(tmp_path):
+    def scored(seed_model):
+        """A validation score that depends on the weights, and a loss that checks train mode."""
+        model, loss_fn, batches = _problem()
+        x_val = torch.linspace(-1, 1, 12).view(4, 3)
+
+        def checked_loss(m, batch):
+            assert m.training, "the model must be back in train mode after scoring"
+            return loss_fn(m, batch)
+
+        keeper = train.KeepBest(lambda m: m(x_val).square().mean().item(), every=4)
+        return model, checked_loss, batches, keeper
+
+    model, loss_fn, batches, keeper = scored(0)
+    train.fit(model, loss_fn, batches, steps=20, lr=1e-2, keep_best=keeper)
+    reference = (list(keeper.steps), list(keeper.scores), keeper.best_step)
+    reference_best = {k: v.clone() for k, v in keeper.best_state.items()}
+
+    model, loss_fn, batches, keeper = scored(0)
+    calls = {"n": 0}
+
+    def interrupted(m, batch):
+        calls["n"] += 1
+        if calls["n"] == 14:
+            raise Interrupt
+        return loss_fn(m, batch)
+
+    path = tmp_path / "run.pt"
+    with pytest.raises(Interrupt):
+        train.fit(
+            model,
+            interrupted,
+            batches,
+            steps=20,
+            lr=1e-2,
+            keep_best=keeper,
+            checkpoint=path,
+            save_every=4,
+        )
+    model, loss_fn, batches, keeper = scored(0)
+    train.fit(model, loss_fn, batches, steps=20, lr=1e-2, keep_best=keeper, checkpoint=path)
+    assert (keeper.steps, keeper.scores, keeper.best_step) == reference
+    for key, value in reference_best.items():
+        assert torch.allclose(keeper.best_state[key], value)
+        assert keeper.best_state[key].device.type == "cpu"
+
+    # the same keeper passed to a fresh run forgets the old record
+    fresh, fresh_loss, fresh_batches, _ = scored(0)
+    train.fit(fresh, fresh_loss, fresh_batches, steps=8, lr=1e-2, keep_best=keeper)
+    assert keeper.steps == [4, 8]
