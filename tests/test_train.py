@@ -37,6 +37,19 @@ class Interrupt(Exception):
     pass
 
 
+def _interrupt_at(loss_fn, call):
+    """``loss_fn`` that raises :class:`Interrupt` on its ``call``-th call (a killed run)."""
+    calls = {"n": 0}
+
+    def interrupted(m, batch):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise Interrupt
+        return loss_fn(m, batch)
+
+    return interrupted
+
+
 def test_resume_after_interrupt_equals_uninterrupted(tmp_path):
     model, loss_fn, batches = _problem()
     ema = train.EMA(model, 0.9)
@@ -45,19 +58,11 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path):
     reference_ema = {k: v.clone() for k, v in ema.shadow.items()}
 
     model, loss_fn, batches = _problem()
-    calls = {"n": 0}
-
-    def interrupted(m, batch):
-        calls["n"] += 1
-        if calls["n"] == 18:
-            raise Interrupt
-        return loss_fn(m, batch)
-
     path = tmp_path / "run.pt"
     with pytest.raises(Interrupt):
         train.fit(
             model,
-            interrupted,
+            _interrupt_at(loss_fn, 18),
             batches,
             steps=30,
             lr=1e-2,
@@ -245,7 +250,7 @@ def test_keep_best_refuses_bad_settings_and_early_use(tmp_path):
 
 
 def test_keep_best_resumes_exactly_and_restarts_fresh(tmp_path):
-    def scored(seed_model):
+    def scored():
         """A validation score that depends on the weights, and a loss that checks train mode."""
         model, loss_fn, batches = _problem()
         x_val = torch.linspace(-1, 1, 12).view(4, 3)
@@ -257,25 +262,17 @@ def test_keep_best_resumes_exactly_and_restarts_fresh(tmp_path):
         keeper = train.KeepBest(lambda m: m(x_val).square().mean().item(), every=4)
         return model, checked_loss, batches, keeper
 
-    model, loss_fn, batches, keeper = scored(0)
+    model, loss_fn, batches, keeper = scored()
     train.fit(model, loss_fn, batches, steps=20, lr=1e-2, keep_best=keeper)
     reference = (list(keeper.steps), list(keeper.scores), keeper.best_step)
     reference_best = {k: v.clone() for k, v in keeper.best_state.items()}
 
-    model, loss_fn, batches, keeper = scored(0)
-    calls = {"n": 0}
-
-    def interrupted(m, batch):
-        calls["n"] += 1
-        if calls["n"] == 14:
-            raise Interrupt
-        return loss_fn(m, batch)
-
+    model, loss_fn, batches, keeper = scored()
     path = tmp_path / "run.pt"
     with pytest.raises(Interrupt):
         train.fit(
             model,
-            interrupted,
+            _interrupt_at(loss_fn, 14),
             batches,
             steps=20,
             lr=1e-2,
@@ -283,14 +280,14 @@ def test_keep_best_resumes_exactly_and_restarts_fresh(tmp_path):
             checkpoint=path,
             save_every=4,
         )
-    model, loss_fn, batches, keeper = scored(0)
+    model, loss_fn, batches, keeper = scored()
     train.fit(model, loss_fn, batches, steps=20, lr=1e-2, keep_best=keeper, checkpoint=path)
     assert (keeper.steps, keeper.scores, keeper.best_step) == reference
     for key, value in reference_best.items():
-        assert torch.allclose(keeper.best_state[key], value)
+        assert torch.equal(keeper.best_state[key], value), key
         assert keeper.best_state[key].device.type == "cpu"
 
     # the same keeper passed to a fresh run forgets the old record
-    fresh, fresh_loss, fresh_batches, _ = scored(0)
+    fresh, fresh_loss, fresh_batches, _ = scored()
     train.fit(fresh, fresh_loss, fresh_batches, steps=8, lr=1e-2, keep_best=keeper)
     assert keeper.steps == [4, 8]
