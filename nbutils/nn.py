@@ -108,3 +108,13 @@ class MnistClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def __getattr__(name: str):
+    """``nbutils.nn.UNet``: the small U-Net lives in :mod:`nbutils.unet` (its own module, which
+    imports this one), and is reachable here too, where the package layout lists it."""
+    if name == "UNet":
+        from nbutils.unet import UNet
+
+        return UNet
+    raise AttributeError(f"module 'nbutils.nn' has no attribute {name!r}")

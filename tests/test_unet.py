@@ -83,3 +83,12 @@ def test_wrong_labels_give_clear_errors():
         small(num_classes=10)(x, t, torch.tensor([0, 11]))
     with pytest.raises(ValueError, match="int64"):
         small(num_classes=10)(x, t, torch.tensor([0.0, 1.0]))
+
+
+def test_unet_is_reachable_from_nn_as_the_layout_lists_it():
+    import nbutils.nn
+    import nbutils.unet
+
+    assert nbutils.nn.UNet is nbutils.unet.UNet
+    with pytest.raises(AttributeError, match="no attribute 'Unet'"):
+        nbutils.nn.Unet  # noqa: B018
