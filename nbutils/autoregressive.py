@@ -26,29 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nbutils.nn.embeddings import ClassEmbedding
+from nbutils.nn.layers import MaskedLinear
+from nbutils.tensors import check_tensor, draw
 
-def check_binary(x: torch.Tensor, event_shape: tuple[int, ...], name: str = "x") -> None:
-    """Raise a clear error unless ``x`` is a float tensor (B, *event_shape) holding only 0 and 1."""
-    if not torch.is_tensor(x) or not x.is_floating_point():
-        kind = x.dtype if torch.is_tensor(x) else type(x).__name__
-        raise TypeError(f"{name} must be a float tensor with values in {{0, 1}}, got {kind}")
-    if x.dim() != len(event_shape) + 1 or tuple(x.shape[1:]) != tuple(event_shape):
-        want = "(B, " + ", ".join(map(str, event_shape)) + ")"
-        raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
-    bad = (x != 0) & (x != 1)
-    if bad.any():
-        raise ValueError(
-            f"{name} must be binary (values 0 and 1 only), got {int(bad.sum())} other values, "
-            f"e.g. {x[bad][0].item():.4g} (range [{x.min().item():.4g}, {x.max().item():.4g}]); "
-            "binarize images first, e.g. with nbutils.data.binarize"
-        )
+BINARIZE = "binarize images first, e.g. with nbutils.data.binarize"
 
 
-def _bernoulli(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Draw Bernoulli(p) with a generator that may live on another device than p."""
-    where = generator.device if generator is not None else p.device
-    u = torch.rand(p.shape, generator=generator, device=where, dtype=p.dtype)
-    return (u.to(p.device) < p).to(p.dtype)
+def _check_binary(x: torch.Tensor, event_shape: tuple[int, ...]) -> None:
+    """Raise a clear error unless ``x`` is a float tensor (B, *event_shape) of 0s and 1s."""
+    check_tensor(x, "x", shape=("B", *event_shape), floating=True, binary=True, fix=BINARIZE)
 
 
 class Autoregressive(nn.Module):
@@ -110,7 +97,7 @@ class Autoregressive(nn.Module):
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Exact log-likelihood log p(x) (or log p(x | y)) in nats, (B,)."""
-        check_binary(x, self.event_shape)
+        _check_binary(x, self.event_shape)
         y = self.check_label(y, len(x))
         nll = F.binary_cross_entropy_with_logits(self.logits(x, y), x, reduction="none")
         return -nll.flatten(1).sum(1)
@@ -141,7 +128,7 @@ class Autoregressive(nn.Module):
         Returns:
             (B, *event_shape) in {0, 1}.
         """
-        check_binary(x, self.event_shape)
+        _check_binary(x, self.event_shape)
         known = torch.as_tensor(known_mask, device=x.device).bool().expand_as(x)
         filled = torch.where(known, x, torch.zeros_like(x))
         return self._fill(filled, ~known, self.check_label(y, len(x)), generator)
@@ -152,7 +139,8 @@ class Autoregressive(nn.Module):
         for i in self.order.tolist():
             if free[:, i].any():
                 p = torch.sigmoid(self._logit_at(state, flat, i, y))  # (B,)
-                flat[:, i] = torch.where(free[:, i], _bernoulli(p, generator), flat[:, i])
+                u = draw(torch.rand, p.shape, generator=generator, device=p.device, dtype=p.dtype)
+                flat[:, i] = torch.where(free[:, i], (u < p).to(p.dtype), flat[:, i])
             self._update(state, flat, i)
         return x
 
@@ -168,16 +156,12 @@ class Autoregressive(nn.Module):
         """Fold the newly set pixel i into the state."""
 
 
-def _class_table(num_classes: int, width: int) -> nn.Embedding | None:
+def _class_table(num_classes: int, width: int) -> ClassEmbedding | None:
     """A per-class additive term, initialised to zero (None when unconditional)."""
-    if not num_classes:
-        return None
-    table = nn.Embedding(num_classes, width)
-    nn.init.zeros_(table.weight)
-    return table
+    return ClassEmbedding(num_classes, width, zero_init=True) if num_classes else None
 
 
-def _plus_class(base: torch.Tensor, table: nn.Embedding | None, y) -> torch.Tensor:
+def _plus_class(base: torch.Tensor, table: ClassEmbedding | None, y) -> torch.Tensor:
     """base (W,) + table[y] (B, W), or base alone when there is no label."""
     return base if y is None else base + table(y)
 
@@ -260,17 +244,6 @@ class NADE(Autoregressive):
     def _update(self, state, flat, i):
         if i < self.dim - 1:  # the last pixel conditions nothing
             state["a"] += flat[:, i : i + 1] * self.W[:, i]  # (B, d)
-
-
-class MaskedLinear(nn.Linear):
-    """A linear layer whose weight is multiplied by a fixed 0/1 ``mask`` buffer (out, in)."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
-        super().__init__(in_features, out_features, bias=bias)
-        self.register_buffer("mask", torch.ones(out_features, in_features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * self.mask, self.bias)
 
 
 class MADE(Autoregressive):
@@ -393,7 +366,7 @@ def ensemble_log_prob(model: MADE, x, y=None, num_masks: int | None = None) -> t
     return torch.logsumexp(torch.stack(per_mask), dim=0) - math.log(k_total)  # (B,)
 
 
-def nll_loss(model: nn.Module, batch) -> torch.Tensor:
+def nll_nats_per_image(model: nn.Module, batch) -> torch.Tensor:
     """Mean negative log-likelihood in nats of a batch ``x`` or ``(x, y)``: the training loss.
 
     Labels are used only by conditional models. In training mode the model first moves to

@@ -2,7 +2,7 @@
 
 There is no Inception network offline, and Inception features suit MNIST poorly anyway, so
 sample quality is measured as a Frechet distance between 128-dimensional features of a small
-CNN (:class:`nbutils.nn.MnistClassifier`) trained here. Its weights are committed
+CNN (:class:`MnistClassifier`) trained here. Its weights are committed
 (``nbutils/assets/mnist_classifier.pt``, about 0.6 MB) with their SHA-256, and are reproduced by::
 
     python -m nbutils.classifier train      # about 5 minutes on 2 CPU cores, seed 0
@@ -23,15 +23,55 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from nbutils.data import Batches, load_mnist, to_unit
 from nbutils.metrics import accuracy, frechet_from_stats, gaussian_stats
-from nbutils.nn import MnistClassifier
 from nbutils.runtime import seed_everything
+from nbutils.tensors import check_tensor
 
 WEIGHTS = Path(__file__).parent / "assets" / "mnist_classifier.pt"
 WEIGHTS_SHA256 = "824dcf17f6ac18b2a3afd80f918e026ede66c0a121f61d155a2bad92b62abeae"
+
+
+class MnistClassifier(nn.Module):
+    """A small CNN for 28x28 digits: four 3x3 conv blocks, global average pooling, a linear head.
+
+    The 128-dimensional pooled vector (:meth:`features`) is the feature space of the book's
+    Frechet distance. About 140k parameters.
+
+    Shapes: x (B, 1, 28, 28) in [0, 1] -> logits (B, 10).
+    """
+
+    feature_dim = 128
+
+    def __init__(self):
+        super().__init__()
+
+        def block(cin, cout):
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        self.body = nn.Sequential(
+            *block(1, 32),
+            *block(32, 32),
+            nn.MaxPool2d(2),  # 14x14
+            *block(32, 64),
+            *block(64, 64),
+            nn.MaxPool2d(2),  # 7x7
+            *block(64, 128),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(128, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 28, 28) in [0, 1] -> (B, 128)."""
+        check_tensor(x, "x", shape=("B", 1, 28, 28), floating=True)
+        return self.body(x - 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
 
 
 class ClassifierError(RuntimeError):
@@ -85,11 +125,12 @@ def features(model: MnistClassifier, images: torch.Tensor, batch_size: int = 100
 class MnistFD:
     """Frechet distance of image sets to the MNIST test set, in the classifier's feature space.
 
-    Example:
-        >>> fd = MnistFD()
-        >>> fd.test_accuracy           # the classifier's accuracy on the test set
-        >>> fd.floor()                 # 10k training images vs the test set
-        >>> fd.score(samples)          # samples: (N, 1, 28, 28) in [0, 1]
+    Example::
+
+        fd = MnistFD()
+        fd.test_accuracy           # the classifier's accuracy on the test set
+        fd.floor()                 # 10k training images vs the test set
+        fd.score(samples)          # samples: (N, 1, 28, 28) in [0, 1]
     """
 
     def __init__(self, device=None):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from nbutils.autoregressive import Autoregressive
+from nbutils.tensors import generator_device
 
 
 class JointModel(nn.Module):
@@ -47,7 +48,7 @@ class JointModel(nn.Module):
         """Draw y ~ p(y) (unless given), then x ~ p(x | y). Returns (x, y)."""
         if y is None:
             probs = self.log_prior().exp()
-            where = generator.device if generator is not None else probs.device
+            where = generator_device(generator, probs.device)  # draw where the generator lives
             y = torch.multinomial(probs.to(where), n, replacement=True, generator=generator)
             y = y.to(probs.device)
         return self.model.sample(n, y, generator=generator), y

@@ -1,5 +1,6 @@
-"""Units and scores: nats and bits per dimension, accuracy, parameter counts, and the
-Frechet distance between two sets of feature vectors.
+"""Units and scores: nats and bits per dimension, log-likelihoods of a whole data set computed
+in chunks, accuracy, parameter counts, and the Frechet distance between two sets of feature
+vectors.
 
 Units. A likelihood model of binarized MNIST reports a negative log-likelihood in **nats per
 image**. A model of 8-bit MNIST reports **bits per dimension**: nats per image divided by
@@ -10,6 +11,7 @@ has probability at least ``p(x) / 256^D`` (see :func:`dequantized_bpd`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -38,6 +40,50 @@ def dequantized_bpd(log_prob_unit: torch.Tensor, dims: int = 784, levels: int = 
     """
     nll = -log_prob_unit.double().mean().item() + dims * math.log(levels)
     return nll / (dims * math.log(2.0))
+
+
+@torch.no_grad()
+def log_likelihoods(
+    log_prob: Callable,
+    x: torch.Tensor,
+    *,
+    batch_size: int = 1000,
+    device=None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """``log_prob`` of every example of a data set, computed in chunks without gradients.
+
+    Args:
+        log_prob: ``log_prob(x_chunk) -> (b,)``, e.g. ``model.log_prob``.
+        x: (N, *) examples, on any device.
+        batch_size: examples per chunk (memory, not the result, depends on it).
+        device: where each chunk is evaluated (default: where ``x`` is).
+        progress: show a ``tqdm.auto`` bar.
+
+    Returns:
+        (N,) log-likelihoods on the CPU, in the dtype ``log_prob`` returns.
+
+    Example:
+        >>> log_likelihoods(lambda v: -v.sum(1), torch.ones(5, 2), batch_size=2).tolist()
+        [-2.0, -2.0, -2.0, -2.0, -2.0]
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    chunks = x.split(batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, leave=False, desc="log-likelihoods")
+    parts = []
+    for chunk in chunks:
+        out = log_prob(chunk if device is None else chunk.to(device))
+        if out.shape != chunk.shape[:1]:
+            raise ValueError(
+                f"log_prob must return one value per example, shape ({len(chunk)},), "
+                f"got {tuple(out.shape)}"
+            )
+        parts.append(out.cpu())
+    return torch.cat(parts)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -1,16 +1,8 @@
 """PixelCNN (van den Oord et al. 2016): autoregressive convolutions in raster order.
 
-A masked convolution zeroes the kernel weights that would look at "future" pixels, those below
-the centre row or right of the centre in the centre row. Type A also hides the centre itself
-(the first layer, which sees the image); type B keeps it (later layers, whose features at a
-pixel already summarise only its past). For a 5x5 kernel::
-
-    type A          type B          vertical        horizontal (A / B)
-    1 1 1 1 1       1 1 1 1 1       1 1 1 1 1
-    1 1 1 1 1       1 1 1 1 1       1 1 1 1 1
-    1 1 0 0 0       1 1 1 0 0       1 1 1 1 1       1 1 0 0 0 / 1 1 1 0 0
-    0 0 0 0 0       0 0 0 0 0       0 0 0 0 0
-    0 0 0 0 0       0 0 0 0 0       0 0 0 0 0
+Masked convolutions (:class:`~nbutils.nn.layers.MaskedConv2d`, the masks drawn in
+:mod:`nbutils.nn.layers`) zero the kernel weights that would look at "future" pixels. Type A
+hides the centre too (the first layer), type B keeps it (later layers).
 
 Stacking A/B layers leaves a *blind spot*: a wedge of pixels above and to the right that no
 path reaches. The gated PixelCNN (van den Oord et al. 2016b) splits the net into a vertical
@@ -25,41 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nbutils.autoregressive import Autoregressive, _class_table
-
-MASK_KINDS = ("A", "B", "vertical", "horizontal_A", "horizontal_B")
-
-
-def causal_mask(height: int, width: int, kind: str) -> torch.Tensor:
-    """The (height, width) 0/1 kernel mask of a masked convolution (see the module docstring)."""
-    if kind not in MASK_KINDS:
-        raise ValueError(f"mask kind must be one of {MASK_KINDS}, got {kind!r}")
-    mask = torch.zeros(height, width)
-    r, c = height // 2, width // 2
-    keep_centre = kind in ("B", "horizontal_B")
-    if kind in ("A", "B", "vertical"):
-        mask[:r] = 1.0  # rows above the centre
-    if kind == "vertical":
-        mask[r] = 1.0  # the whole centre row: used only after a one-row shift
-    else:
-        mask[r, : c + keep_centre] = 1.0  # left of the centre (and the centre for B)
-    return mask
-
-
-class MaskedConv2d(nn.Conv2d):
-    """A 'same'-padded convolution with a :func:`causal_mask` on its kernel.
-
-    Shapes: (B, in, H, W) -> (B, out, H, W).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, kind: str):
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-        if kh % 2 == 0 or kw % 2 == 0:
-            raise ValueError(f"kernel sizes must be odd, got {(kh, kw)}")
-        super().__init__(in_channels, out_channels, (kh, kw), padding=(kh // 2, kw // 2))
-        self.register_buffer("mask", causal_mask(kh, kw, kind))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight * self.mask, self.bias)
+from nbutils.nn.layers import MaskedConv2d
 
 
 class _RasterModel(Autoregressive):

@@ -1,23 +1,36 @@
 """``make results``: run chapter notebooks headless and record their numbers.
 
-    python -m nbutils.results --profile cpu [--chapters 01,07]
+    python -m nbutils.results --profile cpu [--chapters 01,07] [--archive OUT.tar.gz]
 
 Each chapter's notebook ``book/NN_*.ipynb`` runs in its own process through
-:mod:`nbutils.run`, training from scratch (a fresh checkpoint folder under ``runs/``). Its
-``report(...)`` numbers, wall time, date, machine, torch version and commit are merged into
-``results/<profile>.json`` (other chapters are kept as they were), and the whole file is
-rendered as ``results/<profile>.md``.
+:mod:`nbutils.run`, training from scratch (a fresh checkpoint folder under ``runs/``), with its
+output also written to ``runs/<profile>/<chapter>/log.txt``. Its ``report(...)`` numbers, wall
+time, date, machine, torch version and commit are merged into ``results/<profile>.json`` (other
+chapters are kept as they were), and the whole file is rendered as ``results/<profile>.md``.
+
+On a GPU machine without Jupyter, one command measures chapters and packs everything the run
+produced (results JSON and Markdown, every report, figure, log and timing; not the
+checkpoints) into one archive, so that a tool which brings back only a few files loses
+nothing::
+
+    PYTHONPATH=. python -m nbutils.results --profile gpu --chapters 01,07 --archive $OUT/gpu.tar.gz
+
+Back home, ``--merge gpu.tar.gz`` (or a results JSON) folds its chapters into ``results/``.
+``--compare A.json B.json`` checks that two results files hold the same numbers (wall-clock
+times, unit ``s``, are skipped): the test that a refactoring changed no behaviour.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -49,7 +62,7 @@ def run_chapter(
     env = {**os.environ, "NBUTILS_CKPT": str(checkpoints.resolve())}
     cmd = [sys.executable, "-m", "nbutils.run", str(notebook), "--profile", profile]
     started = time.perf_counter()
-    code = subprocess.run([*cmd, "--out", str(out)], env=env).returncode
+    code = _run_logged([*cmd, "--out", str(out)], env, out / "log.txt")
     seconds = round(time.perf_counter() - started, 1)
     report_file = out / f"report_{chapter}.json"
     entry = {
@@ -68,6 +81,86 @@ def run_chapter(
     elif code == 0:
         entry["status"] = "no report"
     return entry
+
+
+def _run_logged(cmd: list[str], env: dict, log: Path) -> int:
+    """Run ``cmd``, copying its merged stdout and stderr to the terminal and to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for chunk in iter(lambda: proc.stdout.read1(4096), b""):
+            f.write(chunk)
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+        return proc.wait()
+
+
+def write_archive(archive: Path, profile: str, results_dir: Path, runs: Path) -> Path:
+    """Pack ``results/<profile>.{json,md}`` and ``runs/<profile>/`` (without checkpoints) into
+    one ``.tar.gz``; members keep their paths relative to the folders' parent."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in (results_dir / f"{profile}.json", results_dir / f"{profile}.md"):
+            if path.exists():
+                tar.add(path, arcname=f"results/{path.name}")
+        folder = runs / profile
+        if folder.exists():
+            tar.add(
+                folder,
+                arcname=f"runs/{profile}",
+                filter=lambda m: None if "/checkpoints" in m.name else m,
+            )
+    print(f"packed the results and every run output into {archive}")
+    return archive
+
+
+def _read_results(source: Path, profile: str) -> dict:
+    """A results JSON, or the ``results/<profile>.json`` inside a :func:`write_archive` file."""
+    if source.name.endswith((".tar.gz", ".tgz")):
+        with tarfile.open(source) as tar:
+            try:
+                member = tar.extractfile(f"results/{profile}.json")
+            except KeyError:
+                member = None
+            if member is None:
+                raise SystemExit(f"{source} holds no results/{profile}.json")
+            return json.load(io.TextIOWrapper(member, encoding="utf-8"))
+    return json.loads(source.read_text())
+
+
+def compare(a: dict, b: dict) -> list[str]:
+    """The differences between two results files: chapters or metrics present in one only,
+    and values that differ; metrics in seconds (wall-clock times) are skipped."""
+    diffs = []
+    for chapter in sorted(set(a["chapters"]) | set(b["chapters"])):
+        ma = a["chapters"].get(chapter, {}).get("metrics")
+        mb = b["chapters"].get(chapter, {}).get("metrics")
+        if ma is None or mb is None:
+            diffs.append(
+                f"chapter {chapter}: only in {'the first' if mb is None else 'the second'}"
+            )
+            continue
+        for name in sorted(set(ma) | set(mb)):
+            va, vb = ma.get(name), mb.get(name)
+            if va is None or vb is None:
+                diffs.append(
+                    f"{chapter} {name!r}: only in {'the first' if vb is None else 'the second'}"
+                )
+            elif "s" not in (va.get("unit"), vb.get("unit")) and va != vb:
+                diffs.append(f"{chapter} {name!r}: {va.get('value')!r} != {vb.get('value')!r}")
+    return diffs
+
+
+def _compare_files(first: Path, second: Path) -> int:
+    a, b = json.loads(first.read_text()), json.loads(second.read_text())
+    diffs = compare(a, b)
+    counted = sum(len(e.get("metrics", {})) for e in b["chapters"].values())
+    if diffs:
+        print(f"{len(diffs)} difference(s) between {first} and {second}:")
+        print("\n".join(f"  {d}" for d in diffs))
+        return 1
+    print(f"identical: {counted} metrics of {len(b['chapters'])} chapters (times in s skipped)")
+    return 0
 
 
 def render_markdown(results: dict) -> str:
@@ -116,7 +209,7 @@ def merge(sources: list[Path], path: Path, profile: str) -> int:
         json.loads(path.read_text()) if path.exists() else {"profile": profile, "chapters": {}}
     )
     for source in sources:
-        other = json.loads(source.read_text())
+        other = _read_results(source, profile)
         if other.get("profile") != profile:
             raise SystemExit(
                 f"{source} holds the {other.get('profile')!r} profile, not {profile!r}"
@@ -131,7 +224,7 @@ def merge(sources: list[Path], path: Path, profile: str) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nbutils.results")
-    parser.add_argument("--profile", choices=PROFILES, required=True)
+    parser.add_argument("--profile", choices=PROFILES, help="required unless --compare")
     parser.add_argument("--chapters", help="comma-separated chapter numbers, e.g. 01,07")
     parser.add_argument("--book", type=Path, default=Path("book"))
     parser.add_argument("--results", type=Path, default=Path("results"))
@@ -140,12 +233,29 @@ def main(argv=None) -> int:
         "--merge",
         type=Path,
         nargs="+",
+        metavar="FILE",
+        help="instead of running notebooks, merge the chapters of these results files or "
+        "archives (e.g. measured on another machine)",
+    )
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        metavar="TAR_GZ",
+        help="after the run, pack results and every run output (no checkpoints) into this file",
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        nargs=2,
         metavar="JSON",
-        help="instead of running notebooks, merge the chapters of these "
-        "results files (e.g. measured on another machine)",
+        help="only compare two results files (times in s skipped); exit 1 if they differ",
     )
     parser.add_argument("--note", help="a remark stored with each chapter's entry")
     args = parser.parse_args(argv)
+    if args.compare:
+        return _compare_files(*args.compare)
+    if args.profile is None:
+        parser.error("--profile is required (unless --compare)")
     if args.merge:
         return merge(args.merge, args.results / f"{args.profile}.json", args.profile)
     chapters = [c.strip().zfill(2) for c in args.chapters.split(",")] if args.chapters else None
@@ -163,6 +273,8 @@ def main(argv=None) -> int:
         path.write_text(json.dumps(results, indent=2) + "\n")
         path.with_suffix(".md").write_text(render_markdown(results))
     print(f"wrote {path} and {path.with_suffix('.md')}" + (f"; FAILED: {failed}" if failed else ""))
+    if args.archive:
+        write_archive(args.archive, args.profile, args.results, args.runs)
     return 1 if failed else 0
 
 

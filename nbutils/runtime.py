@@ -1,4 +1,4 @@
-"""Run profiles, seeding and device choice for the notebooks.
+"""Run profiles, seeding, device choice, timing and cache folders for the notebooks.
 
 A notebook chooses its sizes once, in a config cell, with :func:`pick`::
 
@@ -14,6 +14,7 @@ import os
 import platform
 import random
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ import torch
 PROFILES = ("smoke", "cpu", "gpu")
 PROFILE_ENV = "NBUTILS_PROFILE"
 DEVICE_ENV = "NBUTILS_DEVICE"
+DATA_ENV = "NBUTILS_DATA"
+CKPT_ENV = "NBUTILS_CKPT"
 
 #: What each profile is for and what it is budgeted to cost per notebook.
 BUDGETS = {
@@ -66,6 +69,43 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def synchronize(where=None) -> None:
+    """Wait for queued CUDA work on ``where`` (a device; default: CUDA if present); no-op on CPU."""
+    where = torch.device(where) if where is not None else device()
+    if where.type == "cuda":
+        torch.cuda.synchronize(where)
+
+
+class Timer:
+    """Wall time of a block, waiting for the GPU at both ends so that queued kernels count.
+
+    Example:
+        >>> with Timer("cpu") as timer:
+        ...     _ = sum(range(1000))
+        >>> timer.seconds >= 0
+        True
+    """
+
+    def __init__(self, where=None):
+        self.where, self.seconds = where, 0.0
+
+    def __enter__(self) -> Timer:
+        synchronize(self.where)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        synchronize(self.where)
+        self.seconds = time.perf_counter() - self._start
+
+
+def timed(fn, where=None):
+    """Run ``fn()`` and return ``(its result, wall seconds)``, synchronising CUDA around it."""
+    with Timer(where) as timer:
+        out = fn()
+    return out, timer.seconds
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (CPU and CUDA); return a CPU generator seeded the same way.
 
@@ -78,6 +118,21 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)  # noqa: NPY002 (notebooks may use the legacy global RNG)
     torch.manual_seed(seed)  # also seeds every CUDA device
     return torch.Generator().manual_seed(seed)
+
+
+def cache_dir() -> Path:
+    """The cache folder: ``$NBUTILS_DATA`` or ``$XDG_CACHE_HOME/nbutils`` (``~/.cache/nbutils``)."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nbutils"
+
+
+def checkpoint_root() -> Path:
+    """Where :func:`nbutils.train.load_or_train` keeps checkpoints: ``$NBUTILS_CKPT`` or
+    ``<cache folder>/checkpoints``."""
+    root = os.environ.get(CKPT_ENV)
+    return Path(root).expanduser() if root else cache_dir() / "checkpoints"
 
 
 def machine() -> dict:

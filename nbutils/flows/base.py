@@ -13,10 +13,10 @@ prior and gives ``log_prob(x) = log p_Z(f(x)) + log |det df/dx|`` (change of var
 This module holds the contract, composition, the element-wise transforms (:class:`Scaling`,
 :class:`Permutation`, :class:`Logit`, a preprocessing transform for data in [0, 1]), the priors
 :class:`StandardLogistic` / :class:`StandardNormal` and :class:`Flow`. Coupling layers, the
-partitions they split on, and the NICE builder are in :mod:`nbutils.couplings`.
+partitions they split on, and the NICE builder are in :mod:`nbutils.flows.couplings`.
 
 Example:
-    >>> from nbutils.couplings import mlp_conditioner, nice
+    >>> from nbutils.flows import mlp_conditioner, nice
     >>> flow = Flow(nice((2,), couplings=4, conditioner=mlp_conditioner(64, 2)), StandardNormal())
     >>> flow.log_prob(torch.randn(8, 2)).shape
     torch.Size([8])
@@ -29,17 +29,7 @@ import math
 import torch
 from torch import nn
 
-# ----------------------------------------------------------------------------- checks
-
-
-def check_shape(x: torch.Tensor, event_shape: tuple, what: str) -> None:
-    """Raise a ValueError unless ``x`` has shape (B, *event_shape) with B >= 1."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} expects a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != len(event_shape) + 1 or tuple(x.shape[1:]) != tuple(event_shape):
-        expected = "(B, " + ", ".join(str(s) for s in event_shape) + ")"
-        raise ValueError(f"{what} expects input of shape {expected}, got {tuple(x.shape)}")
-
+from nbutils.tensors import check_tensor, draw, generator_device
 
 # ----------------------------------------------------------------------------- priors
 
@@ -54,9 +44,9 @@ class StandardNormal:
     def sample(self, shape, temperature=1.0, generator=None, device=None, dtype=None):
         """Draw ``temperature * N(0, I)`` of the given shape (on the generator's device first)."""
         _check_temperature(temperature)
-        where = generator.device if generator is not None else device
-        z = torch.randn(shape, generator=generator, device=where, dtype=dtype)
-        return temperature * z.to(device)
+        return temperature * draw(
+            torch.randn, shape, generator=generator, device=device, dtype=dtype
+        )
 
 
 class StandardLogistic:
@@ -73,8 +63,8 @@ class StandardLogistic:
     def sample(self, shape, temperature=1.0, generator=None, device=None, dtype=None):
         """Draw ``temperature * Logistic(0, 1)`` by inverting the CDF of a uniform draw."""
         _check_temperature(temperature)
-        where = generator.device if generator is not None else device
-        u = torch.rand(shape, generator=generator, device=where, dtype=dtype)
+        where = generator_device(generator, device)  # transform where drawn, then move
+        u = draw(torch.rand, shape, generator=generator, device=where, dtype=dtype)
         eps = torch.finfo(u.dtype).eps
         u = u.clamp(eps, 1 - eps)
         return temperature * (torch.log(u) - torch.log1p(-u)).to(device)
@@ -132,7 +122,7 @@ class Compose(Transform):
         self.transforms = nn.ModuleList(transforms)
 
     def forward(self, x):
-        check_shape(x, self.event_shape, "Compose")
+        check_tensor(x, "input of Compose", shape=("B", *self.event_shape))
         logdet = self._zeros(x)
         for t in self.transforms:
             x, ld = t(x)
@@ -140,7 +130,7 @@ class Compose(Transform):
         return x, logdet
 
     def inverse(self, z):
-        check_shape(z, self.out_shape, "Compose.inverse")
+        check_tensor(z, "input of Compose.inverse", shape=("B", *self.out_shape))
         for t in reversed(self.transforms):
             z = t.inverse(z)
         return z
@@ -175,12 +165,12 @@ class Scaling(Transform):
         self.log_scale = nn.Parameter(torch.zeros(self.event_shape))
 
     def forward(self, x):
-        check_shape(x, self.event_shape, "Scaling")
+        check_tensor(x, "input of Scaling", shape=("B", *self.event_shape))
         logdet = self.log_scale.sum().expand(x.shape[0])
         return x * torch.exp(self.log_scale), logdet
 
     def inverse(self, z):
-        check_shape(z, self.event_shape, "Scaling.inverse")
+        check_tensor(z, "input of Scaling.inverse", shape=("B", *self.event_shape))
         return z * torch.exp(-self.log_scale)
 
 
@@ -210,11 +200,11 @@ class Permutation(Transform):
         return cls(torch.randperm(math.prod(event_shape), generator=generator), event_shape)
 
     def forward(self, x):
-        check_shape(x, self.event_shape, "Permutation")
+        check_tensor(x, "input of Permutation", shape=("B", *self.event_shape))
         return x.flatten(1)[:, self.perm].reshape(x.shape), self._zeros(x)
 
     def inverse(self, z):
-        check_shape(z, self.event_shape, "Permutation.inverse")
+        check_tensor(z, "input of Permutation.inverse", shape=("B", *self.event_shape))
         return z.flatten(1)[:, self.inv].reshape(z.shape)
 
 
@@ -235,7 +225,7 @@ class Logit(Transform):
         self.alpha = alpha
 
     def forward(self, x):
-        check_shape(x, self.event_shape, "Logit")
+        check_tensor(x, "input of Logit", shape=("B", *self.event_shape))
         closed = self.alpha > 0
         low, high = x.min().item(), x.max().item()
         if (low < 0 or high > 1) if closed else (low <= 0 or high >= 1):
@@ -247,7 +237,7 @@ class Logit(Transform):
         return z, logdet
 
     def inverse(self, z):
-        check_shape(z, self.event_shape, "Logit.inverse")
+        check_tensor(z, "input of Logit.inverse", shape=("B", *self.event_shape))
         return (torch.sigmoid(z) - self.alpha) / (1 - 2 * self.alpha)
 
 
@@ -296,7 +286,7 @@ class Flow(nn.Module):
         return self.decode(z)
 
 
-def nll_loss(model: Flow, batch) -> torch.Tensor:
+def nll_nats_per_dim(model: Flow, batch) -> torch.Tensor:
     """Objective: mean negative log-likelihood in nats per dimension (a scalar).
 
     ``batch`` is x (B, *event_shape) or a tuple whose first item is x.

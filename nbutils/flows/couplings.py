@@ -7,7 +7,8 @@ is cheap, and the inverse needs no inversion of the network. :class:`AdditiveCou
 ``g = x_b + m(x_a)`` (log-det exactly 0); subclass :class:`Coupling` (define ``couple`` and
 ``uncouple``) for other laws, e.g. the affine coupling of RealNVP.
 
-Partitions: :func:`halves`, :func:`checkerboard`, :func:`channels` (each with ``.swapped()``).
+Partitions: :func:`halves`, :func:`checkerboard_partition`, :func:`channels` (each with
+``.swapped()``; the toy data set :func:`nbutils.data.checkerboard` is another thing).
 Conditioners are built by factories ``(in_shape, out_shape) -> nn.Module``, e.g.
 :func:`mlp_conditioner`. :func:`nice` assembles the paper's transform.
 """
@@ -19,8 +20,9 @@ import math
 import torch
 from torch import nn
 
-from nbutils.flows import Compose, Scaling, Transform, check_shape
-from nbutils.nn import MLP
+from nbutils.flows.base import Compose, Scaling, Transform
+from nbutils.nn.layers import MLP
+from nbutils.tensors import check_tensor
 
 # ----------------------------------------------------------------------------- partitions
 
@@ -114,7 +116,7 @@ def halves(event_shape) -> IndexPartition:
     return IndexPartition(mask.reshape(event_shape))
 
 
-def checkerboard(event_shape, flat: bool = True) -> Partition:
+def checkerboard_partition(event_shape, flat: bool = True) -> Partition:
     """Entries whose coordinates sum to an even number form part ``a``.
 
     For a vector (D,) that is even vs odd index; for (C, H, W) it is a spatial checkerboard
@@ -156,13 +158,13 @@ class Coupling(Transform):
         self.partition, self.net = partition, net
 
     def forward(self, x):
-        check_shape(x, self.event_shape, type(self).__name__)
+        check_tensor(x, f"input of {type(self).__name__}", shape=("B", *self.event_shape))
         xa, xb = self.partition.split(x)
         yb, logdet = self.couple(xb, self.net(xa))
         return self.partition.merge(xa, yb), logdet
 
     def inverse(self, z):
-        check_shape(z, self.event_shape, f"{type(self).__name__}.inverse")
+        check_tensor(z, f"input of {type(self).__name__}.inverse", shape=("B", *self.event_shape))
         za, zb = self.partition.split(z)
         return self.partition.merge(za, self.uncouple(zb, self.net(za)))
 
@@ -223,7 +225,7 @@ def nice(
     *,
     couplings: int = 4,
     conditioner=None,
-    partition=checkerboard,
+    partition=checkerboard_partition,
     alternate: bool = True,
     scaling: bool = True,
 ) -> Compose:
@@ -234,8 +236,8 @@ def nice(
         couplings: number of additive coupling layers (the paper used 4 on MNIST).
         conditioner: factory ``(in_shape, out_shape) -> nn.Module``; default
             ``mlp_conditioner(1000, 5)`` (the paper's MNIST conditioner).
-        partition: factory ``event_shape -> Partition`` (:func:`checkerboard`, :func:`halves`,
-            :func:`channels`).
+        partition: factory ``event_shape -> Partition`` (:func:`checkerboard_partition`,
+            :func:`halves`, :func:`channels`).
         alternate: swap the roles of the two parts after every coupling (turn off to see why
             it matters: half of the entries are then never changed).
         scaling: end with a :class:`Scaling` layer (without it the flow preserves volume).

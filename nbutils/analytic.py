@@ -1,0 +1,70 @@
+"""Closed forms that serve as ground truth in tests and 2D sections: the exact velocity of the
+rectified-flow path (t = 0 data, t = 1 noise, ``x_t = (1 - t) x_0 + t x_1``) for Gaussian data
+and for isotropic Gaussian mixtures.
+
+Chapters 04 to 06 add the scores and marginals of the other paths of :mod:`nbutils.paths`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def gaussian_velocity(mean: torch.Tensor, cov: torch.Tensor) -> Callable:
+    """Exact velocity ``E[x_1 - x_0 | x_t = x]`` for data N(mean, cov) and noise N(0, I).
+
+    With ``m_t = (1 - t) mean`` and ``C_t = (1 - t)^2 cov + t^2 I``,
+    ``v(x, t) = -mean + (t I - (1 - t) cov) C_t^{-1} (x - m_t)``.
+
+    Args:
+        mean: (D,); cov: (D, D) symmetric positive definite.
+
+    Returns:
+        ``v(x, t)`` for x (B, D), t (B,), in the dtype of ``mean``.
+    """
+    d = mean.shape[0]
+    if cov.shape != (d, d):
+        raise ValueError(f"cov must have shape ({d}, {d}), got {tuple(cov.shape)}")
+    eye = torch.eye(d, dtype=mean.dtype, device=mean.device)
+
+    def v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        times, index = torch.unique(t.to(mean.dtype), return_inverse=True)  # samplers: one time
+        s = times[:, None, None]  # (U, 1, 1)
+        c_t = (1 - s) ** 2 * cov + s**2 * eye  # (U, D, D)
+        gain = torch.linalg.solve(c_t, s * eye - (1 - s) * cov, left=False)  # K_t C_t^-1
+        centred = x.to(mean.dtype) - (1 - times[index, None]) * mean  # (B, D)
+        return (-mean + (gain[index] @ centred[..., None])[..., 0]).to(x.dtype)  # (B, D)
+
+    return v
+
+
+def gaussian_mixture_velocity(means: torch.Tensor, std: float, weights=None) -> Callable:
+    """Exact velocity for data = a mixture of N(mean_k, std^2 I) and noise N(0, I).
+
+    Per component, ``x_t ~ N((1 - t) mean_k, c_t I)`` with ``c_t = (1 - t)^2 std^2 + t^2`` and
+    ``E[x_1 - x_0 | x_t, k] = -mean_k + (t - (1 - t) std^2) / c_t (x - (1 - t) mean_k)``; the
+    marginal velocity averages these with the posterior weights of the components.
+
+    Args:
+        means: (K, D) component means; std: component standard deviation; weights: (K,)
+            mixture weights (default uniform).
+
+    Returns:
+        ``v(x, t)`` for x (B, D), t (B,) with t < 1 or std > 0.
+    """
+    k = means.shape[0]
+    w = torch.full((k,), 1.0 / k) if weights is None else torch.as_tensor(weights)
+    log_w = w.to(means).log()  # (K,)
+
+    def v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        s = t.to(means.dtype)[:, None, None]  # (B, 1, 1)
+        c_t = (1 - s) ** 2 * std**2 + s**2  # (B, 1, 1)
+        diff = x.to(means.dtype)[:, None, :] - (1 - s) * means  # (B, K, D)
+        logits = log_w - 0.5 * diff.pow(2).sum(-1) / c_t[..., 0]  # (B, K) up to a constant
+        post = torch.softmax(logits, dim=1)[..., None]  # (B, K, 1)
+        cond = -means + (s - (1 - s) * std**2) / c_t * diff  # (B, K, D)
+        return (post * cond).sum(1).to(x.dtype)  # (B, D)
+
+    return v

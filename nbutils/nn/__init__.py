@@ -1,0 +1,36 @@
+"""Network pieces shared by several chapters; this module only re-exports their names.
+
+* :mod:`~nbutils.nn.layers`: :class:`MLP`, :class:`MaskedLinear`, :class:`MaskedConv2d` with
+  :func:`causal_mask`, and :class:`VelocityMLP` (the 2D sections' time-conditioned MLP);
+* :mod:`~nbutils.nn.embeddings`: :func:`sinusoidal_embedding`, :class:`TimeMLP`,
+  :class:`FourierFeatures`, :class:`ClassEmbedding` (with an optional "no label" row);
+* :mod:`~nbutils.nn.unet`: the small time-conditioned :class:`UNet` of chapters 04-08.
+
+The book's MNIST classifier, whose features measure sample quality, is in
+:mod:`nbutils.classifier`.
+"""
+
+from nbutils.nn.embeddings import ClassEmbedding, FourierFeatures, TimeMLP, sinusoidal_embedding
+from nbutils.nn.layers import (
+    MASK_KINDS,
+    MLP,
+    MaskedConv2d,
+    MaskedLinear,
+    VelocityMLP,
+    causal_mask,
+)
+from nbutils.nn.unet import UNet
+
+__all__ = [
+    "MASK_KINDS",
+    "MLP",
+    "ClassEmbedding",
+    "FourierFeatures",
+    "MaskedConv2d",
+    "MaskedLinear",
+    "TimeMLP",
+    "UNet",
+    "VelocityMLP",
+    "causal_mask",
+    "sinusoidal_embedding",
+]

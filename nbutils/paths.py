@@ -1,0 +1,231 @@
+"""Probability paths between data and noise, the time densities used to train on them, and
+converters between the four things a network can predict.
+
+Every diffusion and flow chapter interpolates between data ``x_0`` and Gaussian noise
+``x_1 ~ N(0, I)`` along
+
+    x_t = alpha(t) x_0 + sigma(t) x_1,     t in [0, 1],  t = 0 data, t = 1 noise,
+
+and differs only in the **schedule** ``(alpha, sigma)``:
+
+* :class:`RectifiedSchedule` (chapter 07): ``alpha = 1 - t``, ``sigma = t``, a straight line;
+* :class:`VPSchedule` (chapters 05, 06): variance preserving, ``alpha^2 + sigma^2 = 1``, with
+  the linear noise rate of Song et al. (2021), ``beta(t) = beta_min + t (beta_max - beta_min)``;
+* :class:`VESchedule` (chapters 04, 05): variance exploding, ``alpha = 1`` and a geometric
+  ``sigma`` from ``sigma_min`` to ``sigma_max``.
+
+The conditional velocity of the path is ``dx_t/dt = alpha'(t) x_0 + sigma'(t) x_1``. A network
+may predict that velocity, the data ``x_0``, the noise ``x_1`` or the score
+``grad log p_t(x_t) = -E[x_1 | x_t] / sigma(t)``; given ``x_t`` any one fixes the others
+(:meth:`Schedule.convert`).
+
+Example:
+    >>> t = torch.tensor([0.25])
+    >>> RECTIFIED.interpolate(torch.zeros(1, 2), torch.ones(1, 2), t)
+    tensor([[0.2500, 0.2500]])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nbutils.tensors import append_dims, check_tensor
+
+#: What a network can predict, for :meth:`Schedule.convert`.
+KINDS = ("velocity", "x0", "noise", "score")
+
+
+class Schedule:
+    """A path ``x_t = alpha(t) x_0 + sigma(t) x_1``; subclasses define alpha, sigma and their
+    time derivatives (all element-wise on a tensor of times)."""
+
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def d_alpha(self, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def d_sigma(self, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _coefficients(self, t, like: torch.Tensor, *names: str) -> list[torch.Tensor]:
+        """The named coefficients at t (B,), shaped (B, 1, ..., 1) like ``like`` (B, *)."""
+        check_tensor(t, "t", shape=("B",), sizes={"B": like.shape[0]})
+        t = append_dims(t, like.dim()).to(like.dtype)
+        return [getattr(self, name)(t) for name in names]
+
+    def interpolate(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The point of the path at time t: x0, x1 (B, *), t (B,) in [0, 1] -> x_t (B, *)."""
+        _check_pair(x0, x1, t)
+        alpha, sigma = self._coefficients(t, x0, "alpha", "sigma")
+        return alpha * x0 + sigma * x1
+
+    def velocity(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The conditional velocity ``alpha'(t) x_0 + sigma'(t) x_1``: (B, *)."""
+        _check_pair(x0, x1, t)
+        d_alpha, d_sigma = self._coefficients(t, x0, "d_alpha", "d_sigma")
+        return d_alpha * x0 + d_sigma * x1
+
+    def x0_and_noise(self, pred, x_t, t, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x0, x1)`` consistent with ``x_t`` and a prediction of the given kind.
+
+        Args:
+            pred: (B, *) what the network predicted; kind: one of :data:`KINDS`.
+            x_t: (B, *) the point on the path; t: (B,) its times (where the formula needs it,
+                ``alpha(t) > 0`` or ``sigma(t) > 0``).
+        """
+        _check_kind(kind, "kind")
+        alpha, sigma, d_alpha, d_sigma = self._coefficients(
+            t, x_t, "alpha", "sigma", "d_alpha", "d_sigma"
+        )
+        if kind == "x0":
+            return pred, (x_t - alpha * pred) / sigma
+        if kind == "velocity":  # solve [alpha sigma; alpha' sigma'] [x0; x1] = [x_t; v]
+            det = alpha * d_sigma - sigma * d_alpha
+            return (d_sigma * x_t - sigma * pred) / det, (alpha * pred - d_alpha * x_t) / det
+        noise = pred if kind == "noise" else -sigma * pred  # score = -E[x1 | x_t] / sigma
+        return (x_t - sigma * noise) / alpha, noise
+
+    def convert(self, pred, x_t, t, *, source: str, target: str) -> torch.Tensor:
+        """Turn a prediction of kind ``source`` into the equivalent one of kind ``target``.
+
+        Example:
+            >>> x_t, t = torch.ones(1, 2), torch.tensor([0.5])
+            >>> RECTIFIED.convert(torch.zeros(1, 2), x_t, t, source="x0", target="noise")
+            tensor([[2., 2.]])
+        """
+        _check_kind(target, "target")
+        x0, noise = self.x0_and_noise(pred, x_t, t, source)
+        if target == "x0":
+            return x0
+        if target == "noise":
+            return noise
+        alpha, sigma, d_alpha, d_sigma = self._coefficients(
+            t, x_t, "alpha", "sigma", "d_alpha", "d_sigma"
+        )
+        if target == "score":
+            return -noise / sigma
+        return d_alpha * x0 + d_sigma * noise
+
+
+class RectifiedSchedule(Schedule):
+    """The straight line of rectified flow: ``x_t = (1 - t) x_0 + t x_1``, velocity
+    ``x_1 - x_0`` (Liu et al. 2023, with their time reversed: see note 07)."""
+
+    def alpha(self, t):
+        return 1 - t
+
+    def sigma(self, t):
+        return t
+
+    def d_alpha(self, t):
+        return -torch.ones_like(t)
+
+    def d_sigma(self, t):
+        return torch.ones_like(t)
+
+    def velocity(self, x0, x1, t):
+        _check_pair(x0, x1, t)
+        return x1 - x0  # the same at every t: the line's constant velocity
+
+
+class VPSchedule(Schedule):
+    """Variance preserving (DDPM as an SDE, Song et al. 2021), linear noise rate beta(t).
+
+    ``log alpha(t) = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2`` and
+    ``sigma(t) = sqrt(1 - alpha(t)^2)``, so ``alpha^2 + sigma^2 = 1`` at every t.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
+        if not 0 <= beta_min <= beta_max:
+            raise ValueError(f"need 0 <= beta_min <= beta_max, got {beta_min}, {beta_max}")
+        self.beta_min, self.beta_max = beta_min, beta_max
+
+    def _log_alpha(self, t):
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def alpha(self, t):
+        return torch.exp(self._log_alpha(t))
+
+    def sigma(self, t):
+        return torch.sqrt(-torch.expm1(2 * self._log_alpha(t)))  # sqrt(1 - alpha^2), accurate
+
+    def d_alpha(self, t):
+        beta = self.beta_min + t * (self.beta_max - self.beta_min)
+        return -0.5 * beta * self.alpha(t)
+
+    def d_sigma(self, t):
+        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
+
+
+class VESchedule(Schedule):
+    """Variance exploding (SMLD / NCSN): ``alpha = 1``,
+    ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``."""
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.log_ratio = math.log(sigma_max / sigma_min)
+
+    def alpha(self, t):
+        return torch.ones_like(t)
+
+    def sigma(self, t):
+        return self.sigma_min * torch.exp(t * self.log_ratio)
+
+    def d_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def d_sigma(self, t):
+        return self.log_ratio * self.sigma(t)
+
+
+#: The rectified-flow path, the default of :func:`nbutils.rectified.flow_matching_loss`.
+RECTIFIED = RectifiedSchedule()
+
+
+def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The straight path ``x_t = (1 - t) x_0 + t x_1``: x0, x1 (B, *), t (B,) -> (B, *)."""
+    return RECTIFIED.interpolate(x0, x1, t)
+
+
+def _check_pair(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> None:
+    if x0.shape != x1.shape:
+        raise ValueError(f"x0 and x1 must have one shape, got {tuple(x0.shape)}, {tuple(x1.shape)}")
+    if t.shape != x0.shape[:1]:
+        raise ValueError(f"t must have shape ({x0.shape[0]},), got {tuple(t.shape)}")
+    if t.numel() and (t.min() < 0 or t.max() > 1):
+        raise ValueError(f"t must lie in [0, 1], got [{t.min():.3g}, {t.max():.3g}]")
+
+
+def _check_kind(kind: str, what: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"{what} must be one of {KINDS}, got {kind!r}")
+
+
+# ----------------------------------------------------------------------------- time densities
+
+
+def uniform_times(n: int, *, device=None, generator: torch.Generator | None = None):
+    """n times drawn uniformly from [0, 1]: (n,)."""
+    return torch.rand(n, device=device, generator=generator)
+
+
+def logit_normal_times(
+    n: int,
+    mean: float = 0.0,
+    std: float = 1.0,
+    *,
+    device=None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """n times ``sigmoid(m + s * eps)``, eps ~ N(0, 1): more weight on the middle of the path
+    (the SD3 choice for ``mean=0, std=1``). Returns (n,)."""
+    eps = torch.randn(n, device=device, generator=generator)
+    return torch.sigmoid(mean + std * eps)

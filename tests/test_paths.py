@@ -1,0 +1,112 @@
+"""Probability paths: boundary values, derivatives against autograd, variance preservation,
+the conditional velocity, and round trips between the four predictions, all in float64."""
+
+import itertools
+
+import pytest
+import torch
+
+from nbutils.paths import (
+    KINDS,
+    RECTIFIED,
+    RectifiedSchedule,
+    VESchedule,
+    VPSchedule,
+    interpolate,
+    logit_normal_times,
+    uniform_times,
+)
+
+SCHEDULES = {"rectified": RectifiedSchedule(), "vp": VPSchedule(), "ve": VESchedule(0.02, 20.0)}
+pytestmark = pytest.mark.parametrize("name", list(SCHEDULES))
+
+
+def times(n=7):
+    return torch.linspace(0.05, 0.95, n, dtype=torch.float64)
+
+
+def test_derivatives_match_autograd(name):
+    s = SCHEDULES[name]
+    t = times().requires_grad_(True)
+    for value, derivative in [(s.alpha, s.d_alpha), (s.sigma, s.d_sigma)]:
+        (grad,) = torch.autograd.grad(value(t).sum() + 0 * t.sum(), t)  # constants too
+        torch.testing.assert_close(derivative(t.detach()), grad, rtol=1e-10, atol=1e-10)
+
+
+def test_boundaries_and_monotonicity(name):
+    s = SCHEDULES[name]
+    ends = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    assert (s.sigma(t).diff() > 0).all(), "noise must grow from data (t = 0) to noise (t = 1)"
+    assert (s.alpha(t).diff() <= 0).all()
+    if name == "rectified":
+        assert s.alpha(ends).tolist() == [1.0, 0.0] and s.sigma(ends).tolist() == [0.0, 1.0]
+    if name == "vp":
+        torch.testing.assert_close(s.alpha(t) ** 2 + s.sigma(t) ** 2, torch.ones_like(t))
+        assert s.alpha(ends)[1] < 0.01  # almost pure noise at t = 1
+    if name == "ve":
+        torch.testing.assert_close(s.sigma(ends), torch.tensor([0.02, 20.0], dtype=torch.float64))
+
+
+def test_velocity_is_the_time_derivative_of_the_path(name):
+    s = SCHEDULES[name]
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = (
+        torch.randn(7, 3, generator=g, dtype=torch.float64),
+        torch.randn(7, 3, generator=g, dtype=torch.float64),
+    )
+    t = times().requires_grad_(True)
+    x_t = s.interpolate(x0, x1, t)
+    columns = [torch.autograd.grad(x_t[:, j].sum(), t, retain_graph=True)[0] for j in range(3)]
+    torch.testing.assert_close(s.velocity(x0, x1, t.detach()), torch.stack(columns, 1))
+
+
+def test_every_prediction_converts_to_every_other_and_back(name):
+    s = SCHEDULES[name]
+    g = torch.Generator().manual_seed(1)
+    x0, x1 = (
+        torch.randn(7, 2, 3, generator=g, dtype=torch.float64),
+        torch.randn(7, 2, 3, generator=g, dtype=torch.float64),
+    )
+    t = times()
+    x_t = s.interpolate(x0, x1, t)
+    truth = {
+        "x0": x0,
+        "noise": x1,
+        "velocity": s.velocity(x0, x1, t),
+        "score": -x1 / s.sigma(t)[:, None, None],  # the conditional score of N(alpha x0, sigma^2)
+    }
+    for source, target in itertools.product(KINDS, KINDS):
+        got = s.convert(truth[source], x_t, t, source=source, target=target)
+        torch.testing.assert_close(
+            got, truth[target], rtol=1e-9, atol=1e-9, msg=f"{source}->{target}"
+        )
+
+
+def test_errors_say_what_was_expected(name):
+    s = SCHEDULES[name]
+    x = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="one of"):
+        s.convert(x, x, torch.rand(3), source="eps", target="x0")
+    with pytest.raises(ValueError, match=r"t must have shape \(3,\)"):
+        s.interpolate(x, x, torch.rand(2))
+    with pytest.raises(ValueError, match=r"lie in \[0, 1\]"):
+        s.interpolate(x, x, torch.tensor([0.0, 0.5, 1.5]))
+
+
+def test_the_straight_line_is_the_default_path(name):
+    x0, x1, t = torch.randn(4, 2), torch.randn(4, 2), torch.rand(4)
+    assert torch.equal(interpolate(x0, x1, t), RECTIFIED.interpolate(x0, x1, t))
+    assert torch.equal(RECTIFIED.velocity(x0, x1, t), x1 - x0)
+    expected = (1 - t[:, None]) * x0 + t[:, None] * x1
+    torch.testing.assert_close(interpolate(x0, x1, t), expected)
+
+
+def test_time_densities_lie_in_the_unit_interval(name):
+    g = torch.Generator().manual_seed(0)
+    for draw in (uniform_times(1000, generator=g), logit_normal_times(1000, generator=g)):
+        assert draw.shape == (1000,) and 0 <= draw.min() and draw.max() <= 1
+    with pytest.raises(ValueError, match="beta_min"):
+        VPSchedule(1.0, 0.5)
+    with pytest.raises(ValueError, match="sigma_min"):
+        VESchedule(0.0, 1.0)
