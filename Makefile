@@ -4,7 +4,11 @@
 #                                  and write the HTML book to _build/html
 #   make test                      lint + notebook hygiene + unit tests + every notebook in the
 #                                  smoke profile + a clean `jupyter-book build -W` + browser check
-#   make results PROFILE=cpu [CHAPTERS=01,07]   measured numbers into results/<profile>.*
+#   make results PROFILE=cpu [CHAPTERS=01,07] [ARCHIVE=out.tar.gz]
+#                                  measured numbers into results/<profile>.* (and, with ARCHIVE,
+#                                  every output of the run packed into one file)
+#   make same-numbers [REF=HEAD]   the smoke numbers of this tree equal those of commit REF
+#                                  (the check that a refactoring changed no behaviour)
 #
 # Every target sets up what it needs (virtual environment, MNIST cache, offline web assets)
 # and is idempotent: stamp files remember what is already done.
@@ -27,6 +31,8 @@ TORCH ?= torch==2.13.0
 # Run profile: empty means the machine decides (gpu where CUDA is present, else cpu).
 PROFILE ?=
 CHAPTERS ?=
+ARCHIVE ?=
+REF ?= HEAD
 
 # MNIST cache (nbutils.data reads NBUTILS_DATA); kept inside the checkout unless set outside.
 NBUTILS_DATA ?= $(CURDIR)/.cache/data
@@ -54,10 +60,10 @@ BOOK_CKPT := $(CURDIR)/$(BOOK_OUT)/.checkpoints
 TEST_OUT := $(BOOK_OUT)/smoke
 JB_FLAGS := -W --keep-going
 
-.PHONY: help venv data assets lint hygiene book test browser results clean distclean
+.PHONY: help venv data assets lint hygiene book test browser results same-numbers clean distclean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
 
 # ------------------------------------------------------------------------------ set-up
 venv: $(VENV_STAMP)  ## virtual environment .venv (CPU torch, then the package with extras)
@@ -180,7 +186,28 @@ book: $(VENV_STAMP) $(DATA_STAMP) $(ASSETS_STAMP)  ## execute the notebooks, HTM
 
 results: $(VENV_STAMP) $(DATA_STAMP)  ## run notebooks headless, write results/<PROFILE>.json/.md
 	@profile="$${NBUTILS_PROFILE:-$$($(BIN)/python -c 'from nbutils.runtime import profile; print(profile())')}"
-	$(BIN)/python -m nbutils.results --profile "$$profile" $(if $(CHAPTERS),--chapters $(CHAPTERS))
+	$(BIN)/python -m nbutils.results --profile "$$profile" $(if $(CHAPTERS),--chapters $(CHAPTERS)) \
+	    $(if $(ARCHIVE),--archive $(ARCHIVE))
+
+# Runs every notebook in the smoke profile twice, headless: once from a temporary worktree of
+# commit REF (its own nbutils), once from this tree, and compares the report() numbers (wall
+# times, unit s, skipped).  On this CPU the smoke runs repeat bit for bit, so any difference is
+# a change of behaviour.
+SAME := runs/same-numbers
+same-numbers: $(VENV_STAMP) $(DATA_STAMP)  ## smoke numbers of this tree == those of REF (HEAD)
+	@rm -rf $(SAME)
+	mkdir -p $(SAME)
+	git worktree add --detach $(SAME)/ref $(REF) >/dev/null
+	trap 'git worktree remove --force $(CURDIR)/$(SAME)/ref' EXIT
+	commit=$$(git rev-parse --short $(REF))
+	echo "==== smoke numbers of $(REF) ($$commit)"
+	(cd $(SAME)/ref && NBUTILS_COMMIT=$$commit PYTHONPATH=$$PWD $(CURDIR)/$(BIN)/python \
+	    -m nbutils.results --profile smoke --results $(CURDIR)/$(SAME)/ref-results \
+	    --runs $(CURDIR)/$(SAME)/ref-runs)
+	echo "==== smoke numbers of this tree"
+	$(BIN)/python -m nbutils.results --profile smoke --results $(SAME)/results --runs $(SAME)/runs
+	$(BIN)/python -m nbutils.results --compare $(SAME)/ref-results/smoke.json \
+	    $(SAME)/results/smoke.json
 
 # ------------------------------------------------------------------------------ cleaning
 clean:  ## remove build outputs, fetched web assets and tool caches (keeps .venv, data)

@@ -15,6 +15,15 @@ Conventions shared by every chapter (DESIGN.md, section 3):
   (likelihood chapters) or [-1, 1] (diffusion and flow-matching chapters).
 * **Devices and dtypes** are taken from the inputs; the library never calls ``.cuda()``.
 
+Where things are: shared pieces at the bottom (:mod:`~nbutils.runtime`, :mod:`~nbutils.tensors`,
+:mod:`~nbutils.checkpoint`, :mod:`~nbutils.train`, :mod:`nbutils.data`, :mod:`nbutils.nn`,
+:mod:`~nbutils.paths`, :mod:`~nbutils.analytic`, :mod:`~nbutils.samplers`,
+:mod:`~nbutils.metrics`), one room per model family above them (chapter 01's
+:mod:`~nbutils.autoregressive`, :mod:`~nbutils.pixelcnn` and :mod:`~nbutils.joint`;
+:mod:`nbutils.flows`; :mod:`~nbutils.rectified`), which never import one another, and the
+tools (:mod:`~nbutils.classifier`, :mod:`~nbutils.plot`, :mod:`~nbutils.report`,
+:mod:`~nbutils.run`, :mod:`~nbutils.results`).
+
 Run profiles (``NBUTILS_PROFILE``): ``smoke`` (tests, about a minute on 2 CPU cores), ``cpu``
 (about four minutes, recognisable results) and ``gpu`` (about five minutes on one H100, the
 chapter's target numbers). See :mod:`nbutils.runtime`.

@@ -1,5 +1,6 @@
 """A pytest plugin with the test-session defaults: the smoke profile, the MNIST cache of
-`make data`, fresh checkpoints.
+`make data`, fresh checkpoints, and the ``--device`` option (``pytest --device cuda`` runs the
+device-aware unit tests on a GPU; their fixture is in ``tests/conftest.py``).
 
 pyproject.toml loads it for every pytest run in the repository (``addopts = "-p
 nbutils.pytest_defaults"``), so ``pytest --nbval book/01_autoregressive.ipynb`` alone runs in
@@ -29,3 +30,11 @@ if "NBUTILS_CKPT" not in os.environ:
     _ckpt = tempfile.mkdtemp(prefix="nbutils-ckpt-")
     os.environ["NBUTILS_CKPT"] = _ckpt
     atexit.register(shutil.rmtree, _ckpt, ignore_errors=True)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device",
+        default="cpu",
+        help="torch device for the device-aware unit tests, e.g. cuda (default: cpu)",
+    )

@@ -54,8 +54,10 @@ def pick(*, smoke, cpu, gpu):
     """Return the argument named after the active profile.
 
     Example:
-        >>> import os; os.environ["NBUTILS_PROFILE"] = "smoke"
-        >>> pick(smoke=10, cpu=1_000, gpu=50_000)
+        >>> import os
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"NBUTILS_PROFILE": "smoke"}):
+        ...     pick(smoke=10, cpu=1_000, gpu=50_000)
         10
     """
     return {"smoke": smoke, "cpu": cpu, "gpu": gpu}[profile()]

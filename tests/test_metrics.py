@@ -60,3 +60,23 @@ def test_frechet_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
 
 def test_count_parameters():
     assert metrics.count_parameters(torch.nn.Linear(3, 2)) == 8
+
+
+def test_log_likelihoods_in_chunks_equal_one_pass():
+    x = torch.randn(10, 3)
+
+    def log_prob(v):
+        return -0.5 * v.pow(2).sum(1)
+
+    out = metrics.log_likelihoods(log_prob, x, batch_size=3)
+    torch.testing.assert_close(out, log_prob(x))
+    assert out.device.type == "cpu"
+    w = torch.ones(3, requires_grad=True)  # a parameter: no graph is kept
+    assert not metrics.log_likelihoods(lambda v: v @ w, x).requires_grad
+
+
+def test_log_likelihoods_check_what_log_prob_returns():
+    with pytest.raises(ValueError, match=r"one value per example, shape \(4,\), got \(4, 3\)"):
+        metrics.log_likelihoods(lambda v: v, torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="positive int"):
+        metrics.log_likelihoods(lambda v: v.sum(1), torch.zeros(4, 3), batch_size=0)

@@ -64,3 +64,52 @@ def test_unknown_chapter_is_an_error(tmp_path):
     (tmp_path / "book").mkdir()
     with pytest.raises(SystemExit, match="no notebook for chapter"):
         results.main(["--profile", "smoke", "--book", str(tmp_path / "book"), "--chapters", "09"])
+
+
+def test_archive_packs_results_and_every_run_output_and_merges_back(tmp_path, monkeypatch):
+    import tarfile
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "book").mkdir()
+    _notebook(
+        tmp_path / "book" / "03_a.ipynb",
+        "import matplotlib.pyplot as plt\n"
+        "from nbutils.report import report\n"
+        "print('hello from the notebook')\n"
+        "plt.plot([1, 2])\n"
+        "report('03', {'nll': {'value': 81.5, 'unit': 'nats'}})",
+    )
+    archive = tmp_path / "out" / "smoke.tar.gz"
+    assert results.main(["--profile", "smoke", "--archive", str(archive)]) == 0
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        log = tar.extractfile("runs/smoke/03/log.txt").read().decode()
+    assert {"results/smoke.json", "results/smoke.md", "runs/smoke/03/report_03.json"} <= names
+    assert "runs/smoke/03/cell00_fig1.png" in names and "runs/smoke/03/timings.json" in names
+    assert not any("checkpoints" in n for n in names)
+    assert "hello from the notebook" in log
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert results.main(["--profile", "smoke", "--merge", str(archive)]) == 0
+    merged = json.loads((elsewhere / "results" / "smoke.json").read_text())
+    assert merged["chapters"]["03"]["metrics"]["nll"]["value"] == 81.5
+    with pytest.raises(SystemExit, match="no results/cpu.json"):
+        results.main(["--profile", "cpu", "--merge", str(archive)])
+
+
+def test_compare_finds_changed_numbers_and_skips_times(tmp_path, capsys):
+    def entry(nll, seconds):
+        metrics = {"nll": {"value": nll, "unit": "nats"}, "time": {"value": seconds, "unit": "s"}}
+        return {"profile": "smoke", "chapters": {"01": {"metrics": metrics}}}
+
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(entry(90.0, 1.0)))
+    b.write_text(json.dumps(entry(90.0, 7.0)))
+    c.write_text(json.dumps(entry(90.5, 1.0)))
+    assert results.main(["--compare", str(a), str(b)]) == 0
+    assert "identical: 2 metrics" in capsys.readouterr().out
+    assert results.main(["--compare", str(a), str(c)]) == 1
+    assert "01 'nll': 90.0 != 90.5" in capsys.readouterr().out
+    assert results.compare({"chapters": {}}, entry(1.0, 1.0)) == ["chapter 01: only in the second"]

@@ -51,3 +51,25 @@ def test_banner_names_profile_and_expected_time(monkeypatch, capsys):
     text = runtime.banner({"smoke": "30 s"})
     assert "smoke" in text and "30 s" in text
     assert "smoke" in capsys.readouterr().out
+
+
+def test_cache_and_checkpoint_folders_follow_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("NBUTILS_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("NBUTILS_CKPT", raising=False)
+    assert runtime.cache_dir() == tmp_path / "data"
+    assert runtime.checkpoint_root() == tmp_path / "data" / "checkpoints"
+    monkeypatch.setenv("NBUTILS_CKPT", str(tmp_path / "ckpt"))
+    assert runtime.checkpoint_root() == tmp_path / "ckpt"
+    monkeypatch.delenv("NBUTILS_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert runtime.cache_dir() == tmp_path / "xdg" / "nbutils"
+
+
+def test_timer_measures_the_block_and_timed_returns_the_result():
+    import time
+
+    with runtime.Timer("cpu") as timer:
+        time.sleep(0.02)
+    assert 0.02 <= timer.seconds < 1.0
+    out, seconds = runtime.timed(lambda: 41 + 1, "cpu")
+    assert out == 42 and 0 <= seconds < 1.0

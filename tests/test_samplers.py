@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nbutils.analytic import gaussian_velocity
-from nbutils.samplers import NFECounter, check_grid, euler, heun, rk45, time_grid
+from nbutils.samplers import NFECounter, check_grid, euler, heun, rk45, time_grid, trajectory
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -190,3 +190,44 @@ def test_shape_mismatch_gives_a_clear_error():
 def test_rk45_gives_up_clearly():
     with pytest.raises(RuntimeError, match="more than 5 steps"):
         rk45(lambda x, t: 1e3 * torch.sin(1e3 * x), torch.ones(2, 1), max_steps=5)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("sampler", ALL, ids=lambda s: s.__name__)
+def test_no_gradients_by_default(sampler):
+    x = torch.ones(2, 3, requires_grad=True)
+    assert not sampler(growth_field, x, time_grid(4)).requires_grad
+
+
+@pytest.mark.parametrize("sampler", ALL, ids=lambda s: s.__name__)
+def test_grad_switch_differentiates_through_the_solve(sampler, device):
+    """dx/dt = a x from t = 1 to 0 gives x(0) = x(1) exp(-a): d x(0) / d x(1) = exp(-a) and
+    d x(0) / d a = -x(1) exp(-a), up to the solver's error."""
+    a = torch.tensor(0.7, dtype=torch.float64, device=device, requires_grad=True)
+    x1 = torch.full((3, 2), 1.5, dtype=torch.float64, device=device, requires_grad=True)
+    steps = {"euler": 2000, "heun": 100}.get(sampler.__name__)
+    ts = time_grid(steps) if steps else (1.0, 0.0)
+    x0 = sampler(lambda x, t: a * x, x1, ts, grad=True)
+    dx1, da = torch.autograd.grad(x0.sum(), (x1, a))
+    exact = math.exp(-0.7)
+    torch.testing.assert_close(dx1, torch.full_like(dx1, exact), rtol=1e-3, atol=0)
+    torch.testing.assert_close(da.item(), -6 * 1.5 * exact, rtol=1e-3, atol=0)
+
+
+def test_grad_switch_follows_the_callers_mode():
+    x = torch.ones(2, 1, requires_grad=True)
+    with torch.no_grad():
+        assert not euler(growth_field, x, time_grid(2), grad=True).requires_grad
+
+
+def test_trajectory_holds_every_state_of_the_solve(device):
+    x = torch.randn(4, 2, device=device)
+    states = trajectory(growth_field, x, time_grid(5))
+    assert states.shape == (6, 4, 2) and states.device == x.device
+    assert torch.equal(states[0], x) and torch.equal(
+        states[-1], euler(growth_field, x, time_grid(5))
+    )
+    kept = trajectory(growth_field, x, time_grid(3), sampler=heun)
+    assert torch.equal(kept[-1], heun(growth_field, x, time_grid(3)))

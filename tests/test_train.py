@@ -291,3 +291,43 @@ def test_keep_best_resumes_exactly_and_restarts_fresh(tmp_path):
     fresh, fresh_loss, fresh_batches, _ = scored()
     train.fit(fresh, fresh_loss, fresh_batches, steps=8, lr=1e-2, keep_best=keeper)
     assert keeper.steps == [4, 8]
+
+
+def test_autocast_runs_the_loss_in_lower_precision_and_keeps_float32_weights():
+    model, _, batches = _problem()
+    seen = []
+
+    def loss_fn(m, batch):
+        xb, yb = batch
+        out = m(xb).squeeze(1)
+        seen.append(out.dtype)
+        return ((out.float() - yb) ** 2).mean()
+
+    history = train.fit(model, loss_fn, batches, steps=5, autocast=torch.bfloat16)
+    assert set(seen) == {torch.bfloat16} and history.steps == 5
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with pytest.raises(ValueError, match="floating dtype"):
+        train.fit(model, loss_fn, batches, steps=5, autocast=torch.int8)
+
+
+def test_autocast_enters_the_checkpoint_config_only_when_set(tmp_path):
+    model, loss_fn, batches = _problem()
+    path = tmp_path / "a.pt"
+    train.fit(model, loss_fn, batches, steps=3, checkpoint=path)
+    assert "autocast" not in train.load_checkpoint(path)["config"]
+    with pytest.raises(train.CheckpointMismatch, match="autocast"):
+        train.fit(model, loss_fn, batches, steps=3, checkpoint=path, autocast=torch.bfloat16)
+
+
+def test_train_with_ema_leaves_the_averaged_weights_in_the_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("NBUTILS_CKPT", str(tmp_path))
+    model, loss_fn, batches = _problem()
+    history = train.train_with_ema(
+        "stage", model, loss_fn, batches, decay=0.9, config={"w": 16}, steps=30, lr=1e-2
+    )
+    twin, _, twin_batches = _problem()  # the same start, the same random draws
+    ema = train.EMA(twin, 0.9)
+    train.fit(twin, loss_fn, twin_batches, steps=30, lr=1e-2, ema=ema)
+    assert history.steps == 30
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, ema.shadow[key])

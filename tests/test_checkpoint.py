@@ -1,0 +1,56 @@
+"""Checkpoint pieces: the configuration hash, atomic writes, safe loading, the RNG state."""
+
+import stat
+
+import pytest
+import torch
+
+from nbutils import checkpoint
+
+
+def test_config_hash_ignores_key_order_and_sees_values():
+    assert checkpoint.config_hash({"a": 1, "b": [2, 3]}) == checkpoint.config_hash(
+        {"b": [2, 3], "a": 1}
+    )
+    assert checkpoint.config_hash({"a": 1}) != checkpoint.config_hash({"a": 2})
+
+
+def test_atomic_write_replaces_the_file_whole_and_readable(tmp_path):
+    path = tmp_path / "sub" / "f.bin"
+    checkpoint.atomic_write(path, lambda f: f.write(b"first"))
+    checkpoint.atomic_write(path, lambda f: f.write(b"second"))
+    assert path.read_bytes() == b"second"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in path.parent.iterdir()] == ["f.bin"]  # no temporary left
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"good")
+
+    def broken(f):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.atomic_write(path, broken)
+    assert path.read_bytes() == b"good" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_save_and_load_round_trip_and_foreign_files_are_refused(tmp_path):
+    state = {"format": checkpoint.FORMAT, "w": torch.arange(3)}
+    checkpoint.save_checkpoint(state, tmp_path / "c.pt")
+    assert torch.equal(checkpoint.load_checkpoint(tmp_path / "c.pt")["w"], torch.arange(3))
+    torch.save({"format": 999}, tmp_path / "other.pt")
+    with pytest.raises(checkpoint.CheckpointMismatch, match="not a checkpoint"):
+        checkpoint.load_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    with pytest.raises(checkpoint.CheckpointMismatch, match="could not be read"):
+        checkpoint.load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_rng_state_round_trip():
+    saved = checkpoint.rng_state()
+    first = torch.rand(3)
+    checkpoint.set_rng_state(saved)
+    assert torch.equal(torch.rand(3), first)
