@@ -19,7 +19,8 @@ Where things are: shared pieces at the bottom (:mod:`~nbutils.runtime`, :mod:`~n
 :mod:`~nbutils.checkpoint`, :mod:`~nbutils.train`, :mod:`nbutils.data`, :mod:`nbutils.nn`,
 :mod:`~nbutils.paths`, :mod:`~nbutils.analytic`, :mod:`~nbutils.samplers`,
 :mod:`~nbutils.metrics`), one room per model family above them (chapter 01's
-:mod:`~nbutils.autoregressive`, :mod:`~nbutils.pixelcnn` and :mod:`~nbutils.joint`;
+:mod:`~nbutils.autoregressive`, :mod:`~nbutils.made`, :mod:`~nbutils.pixelcnn` and
+:mod:`~nbutils.joint`;
 :mod:`nbutils.flows`; :mod:`~nbutils.rectified`), which never import one another, and the
 tools (:mod:`~nbutils.classifier`, :mod:`~nbutils.plot`, :mod:`~nbutils.report`,
 :mod:`~nbutils.run`, :mod:`~nbutils.results`).

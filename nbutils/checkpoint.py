@@ -10,10 +10,13 @@ says what differs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import os
 import tempfile
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +43,112 @@ def config_hash(config: dict) -> str:
     except TypeError as err:
         raise TypeError(f"config must be JSON-serialisable: {err}") from err
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def canonical_config(value, key: str = "config"):
+    """A JSON-safe copy of a configuration, so that a checkpoint stores exactly what it hashes.
+
+    Numbers, strings, booleans and None stay; tuples become lists; paths become strings;
+    numpy and torch scalars become Python numbers; dtypes become their names. Anything else
+    (a function, a class, a tensor, an object) is refused with the key that holds it, before
+    any training, because it has no stable, loadable form.
+
+    Example:
+        >>> canonical_config({"sizes": (2, 3), "lr": 1e-3})
+        {'sizes': [2, 3], 'lr': 0.001}
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [canonical_config(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"{key} has non-string keys {bad!r}; configuration keys are strings")
+        return {k: canonical_config(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, torch.dtype):
+        return str(value)
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    raise TypeError(
+        f"{key} holds {type(value).__name__} {value!r}, which a checkpoint cannot store; a "
+        "configuration holds numbers, strings, lists and dicts: describe it by a name instead"
+    )
+
+
+def tensor_digest(tensors, digest=None) -> str:
+    """SHA-256 (16 hex digits) of tensors' dtypes, shapes and bytes, in order."""
+    digest = digest or hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _code_digest(code: types.CodeType) -> str:
+    digest = hashlib.sha256(code.co_code + repr(code.co_names).encode())
+    for const in code.co_consts:
+        text = _code_digest(const) if isinstance(const, types.CodeType) else repr(const)
+        digest.update(text.encode())
+    return digest.hexdigest()[:16]
+
+
+def describe_callable(fn) -> str:
+    """A stable description of a function: its name and a digest of its code (and, for a
+    ``functools.partial``, of its bound arguments); lambdas and notebook functions too."""
+    if isinstance(fn, functools.partial):
+        args = [describe_value(a) for a in fn.args]
+        keywords = {k: describe_value(v) for k, v in sorted(fn.keywords.items())}
+        return f"partial({describe_callable(fn.func)}, {args}, {keywords})"
+    if inspect.ismethod(fn):
+        return f"{describe_value(fn.__self__)}.{describe_callable(fn.__func__)}"
+    if inspect.isfunction(fn):
+        cells = [_describe_cell(c) for c in fn.__closure__ or ()]
+        return f"{fn.__module__}.{fn.__qualname__}:{_code_digest(fn.__code__)}{cells or ''}"
+    if isinstance(fn, nn.Module):
+        return model_digest(fn)
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{getattr(fn, '__module__', None) or type(fn).__module__}.{name}"  # builtins, objects
+
+
+def _describe_cell(cell) -> str:
+    """A closure's captured value: plain values in full, functions by name only (a function
+    that refers to itself would never end)."""
+    try:
+        value = cell.cell_contents
+    except ValueError:  # an empty cell
+        return "<empty>"
+    if inspect.isfunction(value):
+        return f"{value.__module__}.{value.__qualname__}"
+    return describe_value(value)
+
+
+def describe_value(value) -> str:
+    """Plain values and tuples by their repr, callables by :func:`describe_callable`, modules
+    and tensors by a digest, other objects (lists and dicts too: state that changes) by their
+    type."""
+    if value is None or isinstance(value, bool | int | float | str | torch.dtype):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "(" + ", ".join(describe_value(v) for v in value) + ")"
+    if isinstance(value, nn.Module):
+        return model_digest(value)
+    if isinstance(value, torch.Tensor):
+        return tensor_digest([value])
+    if callable(value) and not isinstance(value, type):
+        return describe_callable(value)
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def model_digest(model: nn.Module) -> str:
+    """A digest of a model as it is now: its structure (``repr``) and every parameter and
+    buffer, persistent or not (masks, partitions, orders), with its values."""
+    digest = hashlib.sha256(repr(model).encode())
+    tensors = [t for _, t in model.named_parameters()] + [t for _, t in model.named_buffers()]
+    return f"{type(model).__name__}:{tensor_digest(tensors, digest)}"
 
 
 def architecture(model: nn.Module) -> dict[str, list[int]]:
@@ -102,16 +211,16 @@ def describe_mismatch(saved: dict, config: dict) -> str:
 def check_compatible(state: dict, path: Path, model: nn.Module, config: dict) -> None:
     """Raise CheckpointMismatch unless the checkpoint was written for this config and model."""
     fix = f"Delete {path}, choose another name, or pass retrain=True."
-    if state["config_hash"] != config_hash(config):
-        raise CheckpointMismatch(
-            f"checkpoint {path} was trained with another configuration "
-            f"({describe_mismatch(state['config'], config)}). {fix}"
-        )
     want, got = architecture(model), state["architecture"]
     if want != got:
         diff = [k for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)][:4]
         raise CheckpointMismatch(
             f"checkpoint {path} holds another architecture (differs in {', '.join(diff)}). {fix}"
+        )
+    if state["config_hash"] != config_hash(config):
+        raise CheckpointMismatch(
+            f"checkpoint {path} was trained with another configuration "
+            f"({describe_mismatch(state['config'], config)}). {fix}"
         )
 
 

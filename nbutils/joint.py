@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from nbutils.autoregressive import Autoregressive
-from nbutils.tensors import generator_device
+from nbutils.tensors import check_count, generator_device
 
 
 class JointModel(nn.Module):
@@ -46,6 +46,7 @@ class JointModel(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, y=None, generator: torch.Generator | None = None):
         """Draw y ~ p(y) (unless given), then x ~ p(x | y). Returns (x, y)."""
+        check_count(n, "n")
         if y is None:
             probs = self.log_prior().exp()
             where = generator_device(generator, probs.device)  # draw where the generator lives

@@ -59,12 +59,13 @@ class EMA:
 class KeepBest:
     """Model selection during training: score the model every ``every`` steps, keep the best.
 
-    Passed to :func:`fit` as ``keep_best``, it calls ``score(model)`` (lower is better, e.g. a
-    validation loss) with the model in eval mode and without gradients after every ``every``
-    steps and after the last one, records the curve, and keeps a CPU copy of the weights with
-    the lowest score. Its state is saved in ``fit``'s checkpoints, so a resumed or reloaded run
-    still knows its best weights; a run that starts from scratch starts a fresh record. The time
-    spent scoring counts as training time. It scores and keeps the raw weights, not an EMA's.
+    Passed to :func:`nbutils.train.fit` as ``keep_best``, it calls ``score(model)`` (lower is
+    better, e.g. a validation loss) with the model in eval mode and without gradients after
+    every ``every`` steps and after the last one, records the curve, and keeps a CPU copy of
+    the weights with the lowest score. Its state is saved in ``fit``'s checkpoints, so a
+    resumed or reloaded run still knows its best weights; a run that starts from scratch starts
+    a fresh record. The time spent scoring counts as training time. It scores and keeps the raw
+    weights, not an EMA's.
 
     Only ``every`` enters the checkpoint's configuration hash: put what defines the score (its
     data, their size) in ``fit``'s ``config``, so that a checkpoint selected on other data is

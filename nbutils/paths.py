@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from nbutils.tensors import append_dims, check_tensor
+from nbutils.tensors import append_dims, check_tensor, draw
 
 #: What a network can predict, for :meth:`Schedule.convert`.
 KINDS = ("velocity", "x0", "noise", "score")
@@ -59,6 +59,13 @@ class Schedule:
         t = append_dims(t, like.dim()).to(like.dtype)
         return [getattr(self, name)(t) for name in names]
 
+    def _check_prediction(self, pred, x_t, t) -> None:
+        check_tensor(x_t, "x_t", shape=("B", "*"), floating=True)
+        if not isinstance(pred, torch.Tensor) or pred.shape != x_t.shape:
+            got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
+            raise ValueError(f"pred must have shape {tuple(x_t.shape)} (that of x_t), got {got}")
+        _check_times(t, x_t)
+
     def interpolate(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The point of the path at time t: x0, x1 (B, *), t (B,) in [0, 1] -> x_t (B, *)."""
         _check_pair(x0, x1, t)
@@ -80,6 +87,7 @@ class Schedule:
                 ``alpha(t) > 0`` or ``sigma(t) > 0``).
         """
         _check_kind(kind, "kind")
+        self._check_prediction(pred, x_t, t)
         alpha, sigma, d_alpha, d_sigma = self._coefficients(
             t, x_t, "alpha", "sigma", "d_alpha", "d_sigma"
         )
@@ -139,6 +147,10 @@ class VPSchedule(Schedule):
 
     ``log alpha(t) = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2`` and
     ``sigma(t) = sqrt(1 - alpha(t)^2)``, so ``alpha^2 + sigma^2 = 1`` at every t.
+
+    Near the data end ``sigma(t) ~ sqrt(beta_min t)``, so ``sigma'(0)`` is infinite and so is
+    the path's velocity there: train and integrate on ``t`` in ``[t_min, 1]`` with a small
+    ``t_min`` (Song et al. use 1e-5 for likelihoods, 1e-3 for sampling).
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
@@ -196,11 +208,18 @@ def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Te
 
 
 def _check_pair(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> None:
+    check_tensor(x0, "x0", floating=True)
+    check_tensor(x1, "x1", floating=True)
     if x0.shape != x1.shape:
         raise ValueError(f"x0 and x1 must have one shape, got {tuple(x0.shape)}, {tuple(x1.shape)}")
-    if t.shape != x0.shape[:1]:
-        raise ValueError(f"t must have shape ({x0.shape[0]},), got {tuple(t.shape)}")
-    if t.numel() and (t.min() < 0 or t.max() > 1):
+    _check_times(t, x0)
+
+
+def _check_times(t: torch.Tensor, like: torch.Tensor) -> None:
+    check_tensor(t, "t", floating=True)
+    if t.shape != like.shape[:1]:
+        raise ValueError(f"t must have shape ({like.shape[0]},), got {tuple(t.shape)}")
+    if t.numel() and not (t.min() >= 0 and t.max() <= 1):  # NaN fails too
         raise ValueError(f"t must lie in [0, 1], got [{t.min():.3g}, {t.max():.3g}]")
 
 
@@ -213,8 +232,8 @@ def _check_kind(kind: str, what: str) -> None:
 
 
 def uniform_times(n: int, *, device=None, generator: torch.Generator | None = None):
-    """n times drawn uniformly from [0, 1]: (n,)."""
-    return torch.rand(n, device=device, generator=generator)
+    """n times drawn uniformly from [0, 1]: (n,) (drawn on the generator's device)."""
+    return draw(torch.rand, (n,), generator=generator, device=device)
 
 
 def logit_normal_times(
@@ -227,5 +246,5 @@ def logit_normal_times(
 ) -> torch.Tensor:
     """n times ``sigmoid(m + s * eps)``, eps ~ N(0, 1): more weight on the middle of the path
     (the SD3 choice for ``mean=0, std=1``). Returns (n,)."""
-    eps = torch.randn(n, device=device, generator=generator)
+    eps = draw(torch.randn, (n,), generator=generator, device=device)
     return torch.sigmoid(mean + std * eps)

@@ -46,7 +46,7 @@ class _RasterModel(Autoregressive):
         """Per-layer label biases, n_layers tensors (B, width, 1, 1), from ``self.cond``."""
         if y is None:
             return [0.0] * n_layers
-        return self.cond(y).view(len(y), n_layers, width, 1, 1).unbind(1)
+        return self.cond(y, validate=False).view(len(y), n_layers, width, 1, 1).unbind(1)
 
     def _logit_at(self, state, flat, i, y):
         """Run the net on the rows [r - reach, r] only: the same logit, far cheaper."""

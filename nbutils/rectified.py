@@ -22,6 +22,7 @@ import torch
 
 from nbutils.paths import RECTIFIED, Schedule, uniform_times
 from nbutils.samplers import check_grid, euler
+from nbutils.tensors import check_tensor
 
 # ----------------------------------------------------------------------------- objectives
 
@@ -29,6 +30,7 @@ from nbutils.samplers import check_grid, euler
 def _split_pair(batch) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch is data x0 (B, *) - noise is then drawn fresh - or a coupled pair (x0, x1)."""
     if isinstance(batch, torch.Tensor):
+        check_tensor(batch, "x0", floating=True)  # before drawing noise like it
         return batch, torch.randn_like(batch)
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         x0, x1 = batch

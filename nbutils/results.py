@@ -251,9 +251,20 @@ def main(argv=None) -> int:
         help="only compare two results files (times in s skipped); exit 1 if they differ",
     )
     parser.add_argument("--note", help="a remark stored with each chapter's entry")
+    parser.add_argument(
+        "--readme",
+        action="store_true",
+        help="only rewrite the results table of README.md from results/*.json",
+    )
     args = parser.parse_args(argv)
     if args.compare:
         return _compare_files(*args.compare)
+    if args.readme:
+        from nbutils.measured import update_readme
+
+        changed = update_readme(args.results.resolve().parent)
+        print("README.md results table " + ("rewritten" if changed else "already up to date"))
+        return 0
     if args.profile is None:
         parser.error("--profile is required (unless --compare)")
     if args.merge:

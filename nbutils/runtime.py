@@ -67,7 +67,12 @@ def device() -> torch.device:
     """The device notebooks put their models on: ``NBUTILS_DEVICE`` if set, else CUDA if present."""
     wanted = os.environ.get(DEVICE_ENV, "").strip()
     if wanted:
-        return torch.device(wanted)
+        try:
+            return torch.device(wanted)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{DEVICE_ENV}={wanted!r} is not a torch device; expected e.g. cpu, cuda, cuda:1"
+            ) from err
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

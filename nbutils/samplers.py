@@ -37,8 +37,13 @@ def time_grid(steps: int, t_start: float = 1.0, t_end: float = 0.0) -> torch.Ten
         >>> time_grid(4).tolist()
         [1.0, 0.75, 0.5, 0.25, 0.0]
     """
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not (0 <= t_start <= 1 and 0 <= t_end <= 1) or t_start == t_end:
+        raise ValueError(
+            f"a time grid runs between two different times in [0, 1] (t = 0 data, t = 1 "
+            f"noise), got {t_start} -> {t_end}"
+        )
     return torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64)
 
 
@@ -233,6 +238,8 @@ def rk45(
         for the number of evaluations.
     """
     ts, _ = check_grid(ts), _check_state(x)
+    if not (rtol > 0 and atol > 0):
+        raise ValueError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}")
     nfe = [0]
 
     def f(state, t):

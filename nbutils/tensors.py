@@ -110,6 +110,28 @@ def check_tensor(
     return sizes
 
 
+def check_count(n, name: str = "n") -> int:
+    """A positive number of things (samples, steps): a plain int >= 1, returned as int.
+
+    Example:
+        >>> check_count(3)
+        3
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{name} must be a positive int, got {n!r}")
+    return n
+
+
+def check_dtype_matches(x: torch.Tensor, module: torch.nn.Module, name: str = "x") -> None:
+    """Raise a clear error when a floating input's dtype differs from a model's parameters'."""
+    ref = next(module.parameters(), None)
+    if ref is not None and x.is_floating_point() and x.dtype != ref.dtype:
+        raise TypeError(
+            f"{name} has dtype {x.dtype} but {type(module).__name__} computes in {ref.dtype}; "
+            f"convert one of them (x.to({ref.dtype}) or model.to({x.dtype}))"
+        )
+
+
 def append_dims(t: torch.Tensor, ndim: int) -> torch.Tensor:
     """Append trailing singleton dimensions: t (B,) -> (B, 1, ..., 1) with ``ndim`` dims in all.
 

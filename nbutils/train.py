@@ -30,9 +30,12 @@ from nbutils.checkpoint import (  # noqa: F401 (CheckpointMismatch is part of th
     FORMAT,
     CheckpointMismatch,
     architecture,
+    canonical_config,
     check_compatible,
     config_hash,
+    describe_callable,
     load_checkpoint,
+    model_digest,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -172,8 +175,12 @@ def fit(
         autocast: run ``loss_fn`` (forward pass and loss) under ``torch.autocast`` with this
             dtype, e.g. ``torch.bfloat16`` on a GPU; the backward pass and the optimiser step
             stay outside it, and the weights stay in float32.
-        checkpoint: file to save to and resume from.
-        config: what the checkpoint must match (hashed); defaults to the training settings.
+        checkpoint: file to save to and resume from, or a function of the configuration's
+            hash that returns that file.
+        config: what the checkpoint must match (hashed), beside the training settings and what
+            ``fit`` records itself: a digest of the model as it starts (structure, weights,
+            buffers), of the loss function's code and of a :class:`Batches`' data. Its
+            values must be JSON-like (numbers, strings, lists, dicts); others are refused.
         save_every: steps between checkpoints (default: about ten per run).
         desc: label of the progress bar.
 
@@ -198,12 +205,10 @@ def fit(
     if keep_best is not None:  # only then, so that other checkpoints keep their hashes
         settings["keep_best_every"] = keep_best.every
     if autocast is not None:
-        if not isinstance(autocast, torch.dtype) or not autocast.is_floating_point:
-            raise ValueError(
-                f"autocast must be a floating dtype such as torch.bfloat16, got {autocast!r}"
-            )
+        if autocast is not torch.bfloat16:  # float16 would need a gradient scaler
+            raise ValueError(f"autocast must be None or torch.bfloat16, got {autocast!r}")
         settings["autocast"] = str(autocast)
-    config = {**settings, **(config or {})}
+    config = {**settings, **canonical_config(config or {}), **_recorded(model, loss_fn, batches)}
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _schedule(s, steps, warmup, cosine)
@@ -211,7 +216,7 @@ def fit(
     run = _Run(
         model, loss_fn, optimizer, scheduler, batches, ema, config, History(), keep_best, autocast
     )
-    path = Path(checkpoint) if checkpoint is not None else None
+    path = _checkpoint_path(checkpoint, config)
     if keep_best is not None:
         keep_best.reset()  # a fresh run starts a fresh record; a checkpoint restores its own
     if path is not None and path.exists():
@@ -220,6 +225,25 @@ def fit(
         run.restore(state)
     _train(run, steps, clip, path, save_every or max(1, steps // 10), desc or "train")
     return run.history
+
+
+def _recorded(model: nn.Module, loss_fn, batches) -> dict[str, str]:
+    """What ``fit`` records on its own, so that a change the config does not mention (another
+    prior, partition, initialisation, loss, time density, data) never reuses a checkpoint: the
+    model as it starts (structure, weights, buffers), the loss function, the data."""
+    describe = getattr(batches, "fingerprint", None)
+    return {
+        "recorded: model at start": model_digest(model),
+        "recorded: loss": describe_callable(loss_fn),
+        "recorded: data": describe() if describe else type(batches).__name__,
+    }
+
+
+def _checkpoint_path(checkpoint, config: dict) -> Path | None:
+    """A path, or ``checkpoint(config_hash)`` when it is a function (see load_or_train)."""
+    if checkpoint is None:
+        return None
+    return Path(checkpoint(config_hash(config)) if callable(checkpoint) else checkpoint)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -296,12 +320,14 @@ def load_or_train(
     retrain: bool = False,
     **fit_kwargs,
 ) -> History:
-    """Train ``model`` or reuse the checkpoint ``<root>/<profile>/<name>.pt`` if it matches.
+    """Train ``model``, or reuse its checkpoint ``<root>/<profile>/<name>-<hash>.pt``.
 
-    The checkpoint is reused when its configuration hash (``config`` plus the training
-    settings) and the model's architecture match; an unfinished one is resumed; one written
-    for another configuration is refused with :class:`CheckpointMismatch` (or replaced when
-    ``retrain=True``). The model ends in eval mode with the trained weights.
+    The file is named by the hash of everything :func:`fit` checks: ``config``, the training
+    settings, and what fit records itself (the model as it starts, the loss, the data). So a
+    run that changes any of them trains afresh into its own file, beside the old one, and an
+    unchanged run reuses its checkpoint (an unfinished one is resumed). ``retrain=True``
+    deletes the matching checkpoint first. Temporary files left by an interrupted save of
+    this checkpoint are removed. The model ends in eval mode with the trained weights.
 
     Args:
         name: file stem, e.g. ``"made"``.
@@ -311,17 +337,24 @@ def load_or_train(
     Returns:
         The run's :class:`History` (restored from the checkpoint when training was skipped).
     """
-    if not name or any(c in name for c in "/\\"):
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\"):
         raise ValueError(f"name must be a plain file stem, got {name!r}")
-    path = checkpoint_root() / profile() / f"{name}.pt"
-    if retrain and path.exists():
-        path.unlink()
+    folder = checkpoint_root() / profile()
+
+    def slot(digest: str) -> Path:
+        path = folder / f"{name}-{digest[:12]}.pt"
+        for stale in folder.glob(f"{path.name}*.tmp"):
+            stale.unlink(missing_ok=True)
+        if retrain:
+            path.unlink(missing_ok=True)
+        return path
+
     return fit(
         model,
         loss_fn,
         batches,
         steps=steps,
-        checkpoint=path,
+        checkpoint=slot,
         config={"name": name, **config},
         **fit_kwargs,
     )

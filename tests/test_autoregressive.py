@@ -7,15 +7,9 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from nbutils.autoregressive import (
-    FVSBN,
-    MADE,
-    NADE,
-    dependency_map,
-    ensemble_log_prob,
-    nll_nats_per_image,
-)
+from nbutils.autoregressive import FVSBN, NADE, dependency_map, nll_nats_per_image
 from nbutils.joint import JointModel, classify
+from nbutils.made import MADE, ensemble_log_prob
 from nbutils.nn import causal_mask
 from nbutils.pixelcnn import GatedPixelCNN, PixelCNN
 
@@ -333,3 +327,18 @@ def test_init_marginals_sets_the_output_bias(name):
     torch.testing.assert_close(
         torch.sigmoid(fvsbn.logits(torch.ones(1, 4).double()))[0], probs.flatten()
     )
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_stacked_masked_convolutions_see_exactly_the_wedge_of_note_01(k):
+    """After k 3x3 masked convolutions (the first of type A), the output at (r, c) depends on
+    (r - m, c + j) iff 1 <= m <= k and -k <= j <= m, or m = 0 and -k <= j <= -1 (ar-wedge):
+    the pixels with j > m >= 1 (above right of the diagonal) are never seen."""
+    torch.manual_seed(0)
+    model = PixelCNN(height=15, width=15, channels=8, layers=k - 1, kernel=3, first_kernel=3)
+    seen = dependency_map(model, 7 * 15 + 7).view(15, 15) > 0
+    m = 7 - torch.arange(15)[:, None]  # rows above the centre
+    j = torch.arange(15)[None, :] - 7  # columns to its right
+    wedge = ((m >= 1) & (m <= k) & (j >= -k) & (j <= m)) | ((m == 0) & (j >= -k) & (j <= -1))
+    assert torch.equal(seen, wedge)
+    assert not seen[6, 9] and not seen[7 - k, 7 + k + 1]  # (r-1, c+2) and past the diagonal

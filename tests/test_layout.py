@@ -14,7 +14,12 @@ MAX_LINES = 400
 #: Model families: a module of one never imports a module of another. Chapter 01's three
 #: modules are one family; each later chapter adds its own.
 FAMILIES = {
-    "autoregressive": {"nbutils.autoregressive", "nbutils.pixelcnn", "nbutils.joint"},
+    "autoregressive": {
+        "nbutils.autoregressive",
+        "nbutils.made",
+        "nbutils.pixelcnn",
+        "nbutils.joint",
+    },
     "flows": {"nbutils.flows"},
     "rectified": {"nbutils.rectified"},
 }
@@ -40,6 +45,7 @@ TOOLS = {
     "nbutils.report",
     "nbutils.run",
     "nbutils.results",
+    "nbutils.measured",
     "nbutils.pytest_defaults",
 }
 MATPLOTLIB_ALLOWED = {"nbutils.plot", "nbutils.run"}  # run.py only selects the Agg backend
@@ -53,14 +59,25 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
 
 
+def _absolute(node: ast.ImportFrom, name: str) -> str:
+    """The absolute module of ``from .x import y`` inside module ``name``."""
+    if node.level == 0:
+        return node.module or ""
+    package = name if MODULES[name].name == "__init__.py" else name.rsplit(".", 1)[0]
+    base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+    return f"{base}.{node.module}" if node.module else base
+
+
 def imported(name: str) -> set[str]:
-    """Every module named by an import anywhere in the module (functions included)."""
+    """Every module named by an import anywhere in the module (functions included; relative
+    imports made absolute)."""
     tree = ast.parse(MODULES[name].read_text())
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom):
+            node.module = _absolute(node, name)
             found.add(node.module)
             for alias in node.names:  # `from nbutils import plot` names a module
                 if f"{node.module}.{alias.name}" in MODULES:

@@ -18,13 +18,14 @@ from nbutils.paths import (
 )
 
 SCHEDULES = {"rectified": RectifiedSchedule(), "vp": VPSchedule(), "ve": VESchedule(0.02, 20.0)}
-pytestmark = pytest.mark.parametrize("name", list(SCHEDULES))
+each_schedule = pytest.mark.parametrize("name", list(SCHEDULES))
 
 
 def times(n=7):
     return torch.linspace(0.05, 0.95, n, dtype=torch.float64)
 
 
+@each_schedule
 def test_derivatives_match_autograd(name):
     s = SCHEDULES[name]
     t = times().requires_grad_(True)
@@ -33,6 +34,7 @@ def test_derivatives_match_autograd(name):
         torch.testing.assert_close(derivative(t.detach()), grad, rtol=1e-10, atol=1e-10)
 
 
+@each_schedule
 def test_boundaries_and_monotonicity(name):
     s = SCHEDULES[name]
     ends = torch.tensor([0.0, 1.0], dtype=torch.float64)
@@ -48,6 +50,7 @@ def test_boundaries_and_monotonicity(name):
         torch.testing.assert_close(s.sigma(ends), torch.tensor([0.02, 20.0], dtype=torch.float64))
 
 
+@each_schedule
 def test_velocity_is_the_time_derivative_of_the_path(name):
     s = SCHEDULES[name]
     g = torch.Generator().manual_seed(0)
@@ -61,6 +64,7 @@ def test_velocity_is_the_time_derivative_of_the_path(name):
     torch.testing.assert_close(s.velocity(x0, x1, t.detach()), torch.stack(columns, 1))
 
 
+@each_schedule
 def test_every_prediction_converts_to_every_other_and_back(name):
     s = SCHEDULES[name]
     g = torch.Generator().manual_seed(1)
@@ -83,9 +87,14 @@ def test_every_prediction_converts_to_every_other_and_back(name):
         )
 
 
+@each_schedule
 def test_errors_say_what_was_expected(name):
     s = SCHEDULES[name]
     x = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match=r"pred must have shape \(3, 2\)"):
+        s.convert(torch.zeros(3, 1), x, torch.rand(3), source="x0", target="noise")
+    with pytest.raises(ValueError, match=r"lie in \[0, 1\]"):
+        s.convert(x, x, torch.tensor([0.5, 2.0, 0.5]), source="x0", target="noise")
     with pytest.raises(ValueError, match="one of"):
         s.convert(x, x, torch.rand(3), source="eps", target="x0")
     with pytest.raises(ValueError, match=r"t must have shape \(3,\)"):
@@ -94,7 +103,7 @@ def test_errors_say_what_was_expected(name):
         s.interpolate(x, x, torch.tensor([0.0, 0.5, 1.5]))
 
 
-def test_the_straight_line_is_the_default_path(name):
+def test_the_straight_line_is_the_default_path():
     x0, x1, t = torch.randn(4, 2), torch.randn(4, 2), torch.rand(4)
     assert torch.equal(interpolate(x0, x1, t), RECTIFIED.interpolate(x0, x1, t))
     assert torch.equal(RECTIFIED.velocity(x0, x1, t), x1 - x0)
@@ -102,11 +111,40 @@ def test_the_straight_line_is_the_default_path(name):
     torch.testing.assert_close(interpolate(x0, x1, t), expected)
 
 
-def test_time_densities_lie_in_the_unit_interval(name):
-    g = torch.Generator().manual_seed(0)
-    for draw in (uniform_times(1000, generator=g), logit_normal_times(1000, generator=g)):
-        assert draw.shape == (1000,) and 0 <= draw.min() and draw.max() <= 1
+def test_time_densities_have_their_laws(device):
+    g = torch.Generator().manual_seed(0)  # a CPU generator may draw for any device
+    uniform = uniform_times(20_000, generator=g, device=device).cpu()
+    assert uniform.shape == (20_000,) and 0 <= uniform.min() and uniform.max() <= 1
+    assert abs(uniform.mean() - 0.5) < 0.01 and abs(uniform.var() - 1 / 12) < 0.005
+    logits = torch.logit(logit_normal_times(20_000, 0.5, 2.0, generator=g, device=device)).cpu()
+    assert abs(logits.mean() - 0.5) < 0.05 and abs(logits.std() - 2.0) < 0.05  # logit ~ N(m, s)
+
+
+def test_vp_schedule_matches_its_closed_form():
+    vp = VPSchedule(0.1, 20.0)
+    one = torch.ones(1, dtype=torch.float64)
+    torch.testing.assert_close(vp.alpha(one), torch.exp(-(0.1 + 20.0) / 4 * one))
+    for t, beta in [(0.0, 0.1), (0.5, 10.05), (1.0, 20.0)]:  # d log alpha / dt = -beta(t) / 2
+        t = torch.tensor([t], dtype=torch.float64)
+        torch.testing.assert_close(vp.d_alpha(t) / vp.alpha(t), torch.tensor([-beta / 2]).double())
+    assert vp.sigma(torch.zeros(1)).item() == 0.0
+    assert torch.isinf(vp.d_sigma(torch.zeros(1))).all()  # sigma ~ sqrt(beta_min t): train on t > 0
+
+
+def test_bad_schedule_settings_are_refused():
     with pytest.raises(ValueError, match="beta_min"):
         VPSchedule(1.0, 0.5)
     with pytest.raises(ValueError, match="sigma_min"):
         VESchedule(0.0, 1.0)
+
+
+@each_schedule
+def test_float32_and_the_test_device(name, device):
+    s = SCHEDULES[name]
+    x0 = torch.randn(5, 3, device=device)
+    x1 = torch.randn(5, 3, device=device)
+    t = torch.linspace(0.1, 0.9, 5, device=device)
+    x_t = s.interpolate(x0, x1, t)
+    assert x_t.dtype == torch.float32 and x_t.device == x0.device
+    back = s.convert(s.velocity(x0, x1, t), x_t, t, source="velocity", target="x0")
+    torch.testing.assert_close(back, x0, rtol=1e-4, atol=1e-4)

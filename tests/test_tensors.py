@@ -61,3 +61,9 @@ def test_draw_uses_the_generator_and_moves_to_the_device():
     assert draw(torch.rand, (2, 3), dtype=torch.float64).dtype == torch.float64
     assert generator_device(None, "meta") == "meta"
     assert generator_device(torch.Generator(), "meta") == torch.device("cpu")
+
+
+def test_a_cpu_generator_draws_the_same_numbers_for_any_device(device):
+    a = draw(torch.randn, (3, 2), generator=torch.Generator().manual_seed(4), device=device)
+    b = torch.randn(3, 2, generator=torch.Generator().manual_seed(4))
+    assert a.device.type == device.type and torch.equal(a.cpu(), b)

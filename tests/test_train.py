@@ -37,17 +37,24 @@ class Interrupt(Exception):
     pass
 
 
+INTERRUPT = {"at": None, "calls": 0}
+
+
+def interrupted_loss(m, batch):
+    """The loss of :func:`_problem`, raising :class:`Interrupt` on the ``INTERRUPT["at"]``-th
+    call (a killed run). One function for the killed and the resumed run, as in real life."""
+    INTERRUPT["calls"] += 1
+    if INTERRUPT["calls"] == INTERRUPT["at"]:
+        raise Interrupt
+    return _LOSS(m, batch)
+
+
 def _interrupt_at(loss_fn, call):
-    """``loss_fn`` that raises :class:`Interrupt` on its ``call``-th call (a killed run)."""
-    calls = {"n": 0}
-
-    def interrupted(m, batch):
-        calls["n"] += 1
-        if calls["n"] == call:
-            raise Interrupt
-        return loss_fn(m, batch)
-
-    return interrupted
+    """Arm :func:`interrupted_loss` to stop at its ``call``-th call (None: never)."""
+    global _LOSS
+    _LOSS = loss_fn
+    INTERRUPT.update(at=call, calls=0)
+    return interrupted_loss
 
 
 def test_resume_after_interrupt_equals_uninterrupted(tmp_path):
@@ -74,14 +81,15 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path):
         )
     assert train.load_checkpoint(path)["step"] == 15
 
-    # fresh objects, other initial weights, other RNG history: everything must come from the file
-    model, loss_fn, batches = _problem(init_seed=7)
+    # fresh objects (the same start: the checkpoint records it), another RNG history, batches
+    # drawn ahead: the weights at step 15, the optimiser, the order and the RNG come from the file
+    model, loss_fn, batches = _problem()
     torch.manual_seed(99)
     next(batches)
     ema = train.EMA(model, 0.9)
     history = train.fit(
         model,
-        loss_fn,
+        _interrupt_at(loss_fn, None),
         batches,
         steps=30,
         lr=1e-2,
@@ -141,26 +149,30 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_load_or_train_reuses_a_matching_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("NBUTILS_CKPT", str(tmp_path))
     monkeypatch.setenv("NBUTILS_PROFILE", "smoke")
-    model, loss_fn, batches = _problem()
-    first = train.load_or_train("reg", model, loss_fn, batches, config={"w": 16}, steps=20)
-    assert (tmp_path / "smoke" / "reg.pt").exists()
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
-
     calls = {"n": 0}
 
     def counting(m, batch):
         calls["n"] += 1
-        return loss_fn(m, batch)
+        return base_loss(m, batch)
 
-    model2, _, batches2 = _problem(init_seed=5)
+    model, base_loss, batches = _problem()
+    first = train.load_or_train("reg", model, counting, batches, config={"w": 16}, steps=20)
+    (saved,) = (tmp_path / "smoke").glob("reg-*.pt")  # named by name and configuration hash
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    assert calls["n"] == 20
+
+    model2, _, batches2 = _problem()
     again = train.load_or_train("reg", model2, counting, batches2, config={"w": 16}, steps=20)
-    assert calls["n"] == 0  # nothing retrained
+    assert calls["n"] == 20  # nothing retrained
     assert again.losses == first.losses
     assert all(torch.equal(v, weights[k]) for k, v in model2.state_dict().items())
-    with pytest.raises(train.CheckpointMismatch, match="retrain=True"):
-        train.load_or_train("reg", model2, counting, batches2, config={"w": 17}, steps=20)
-    train.load_or_train("reg", model2, counting, batches2, config={"w": 17}, steps=20, retrain=True)
-    assert calls["n"] == 20
+    # another configuration trains afresh into its own file; both stay
+    model3, _, batches3 = _problem()
+    train.load_or_train("reg", model3, counting, batches3, config={"w": 17}, steps=20)
+    assert calls["n"] == 40 and len(list((tmp_path / "smoke").glob("reg-*.pt"))) == 2
+    model4, _, batches4 = _problem()
+    train.load_or_train("reg", model4, counting, batches4, config={"w": 16}, steps=20, retrain=True)
+    assert calls["n"] == 60 and saved.exists()
 
 
 def test_ema_tracks_the_average():
@@ -281,7 +293,15 @@ def test_keep_best_resumes_exactly_and_restarts_fresh(tmp_path):
             save_every=4,
         )
     model, loss_fn, batches, keeper = scored()
-    train.fit(model, loss_fn, batches, steps=20, lr=1e-2, keep_best=keeper, checkpoint=path)
+    train.fit(
+        model,
+        _interrupt_at(loss_fn, None),
+        batches,
+        steps=20,
+        lr=1e-2,
+        keep_best=keeper,
+        checkpoint=path,
+    )
     assert (keeper.steps, keeper.scores, keeper.best_step) == reference
     for key, value in reference_best.items():
         assert torch.equal(keeper.best_state[key], value), key
@@ -306,8 +326,8 @@ def test_autocast_runs_the_loss_in_lower_precision_and_keeps_float32_weights():
     history = train.fit(model, loss_fn, batches, steps=5, autocast=torch.bfloat16)
     assert set(seen) == {torch.bfloat16} and history.steps == 5
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    with pytest.raises(ValueError, match="floating dtype"):
-        train.fit(model, loss_fn, batches, steps=5, autocast=torch.int8)
+    with pytest.raises(ValueError, match=r"None or torch.bfloat16, got torch.float16"):
+        train.fit(model, loss_fn, batches, steps=5, autocast=torch.float16)
 
 
 def test_autocast_enters_the_checkpoint_config_only_when_set(tmp_path):
@@ -331,3 +351,122 @@ def test_train_with_ema_leaves_the_averaged_weights_in_the_model(tmp_path, monke
     assert history.steps == 30
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, ema.shadow[key])
+
+
+# ----------------------------------------------------------------------------- what is recorded
+
+
+def _counted(loss_fn, calls):
+    def counted(m, batch):
+        calls.append(1)
+        return loss_fn(m, batch)
+
+    return counted
+
+
+def _knob_run(knob: str, turned: bool) -> int:
+    """Train (or reuse) one small run under one name and config; return the loss calls made.
+
+    ``turned`` changes one thing the config does not mention."""
+    import functools
+
+    from nbutils.flows import (
+        Flow,
+        StandardLogistic,
+        StandardNormal,
+        checkerboard_partition,
+        halves,
+        mlp_conditioner,
+        nice,
+        nll_nats_per_dim,
+    )
+    from nbutils.nn import VelocityMLP
+    from nbutils.paths import logit_normal_times, uniform_times
+    from nbutils.rectified import flow_matching_loss
+
+    torch.manual_seed(0)
+    data = torch.randn(64, 4) * (2.0 if turned and knob == "data" else 1.0)
+    if knob == "time density":
+        model = VelocityMLP(dim=4, hidden=8, layers=1)
+        times = logit_normal_times if turned else uniform_times
+        loss = functools.partial(flow_matching_loss, time_sampler=times)
+    else:
+        partition = checkerboard_partition if turned and knob == "partition" else halves
+        prior = StandardLogistic() if turned and knob == "prior" else StandardNormal()
+        conditioner = mlp_conditioner(8, 1)
+        model = Flow(nice((4,), couplings=2, conditioner=conditioner, partition=partition), prior)
+        if turned and knob == "init":
+            with torch.no_grad():
+                model.transform.transforms[-1].log_scale.fill_(0.5)
+        loss = nll_nats_per_dim
+    calls = []
+    batches = Batches(data, batch_size=16, seed=0)
+    train.load_or_train("knob", model, _counted(loss, calls), batches, config={"c": 1}, steps=3)
+    return len(calls)
+
+
+@pytest.mark.parametrize("knob", ["prior", "partition", "init", "time density", "data"])
+def test_a_knob_the_config_does_not_name_never_reuses_a_checkpoint(knob, tmp_path, monkeypatch):
+    monkeypatch.setenv("NBUTILS_CKPT", str(tmp_path))
+    monkeypatch.setenv("NBUTILS_PROFILE", "smoke")
+    assert _knob_run(knob, turned=False) == 3
+    assert _knob_run(knob, turned=False) == 0  # unchanged: reused
+    assert _knob_run(knob, turned=True) == 3, f"a changed {knob} reused the old checkpoint"
+    assert _knob_run(knob, turned=True) == 0
+
+
+def test_config_values_are_stored_in_a_loadable_form_or_refused_up_front(tmp_path):
+    import pathlib
+
+    import numpy as np
+
+    model, loss_fn, batches = _problem()
+    config = {"dims": np.prod((2, 3)), "lr": np.float32(0.5), "where": pathlib.Path("a/b")}
+    calls = []
+    loss = _counted(loss_fn, calls)
+    train.fit(model, loss, batches, steps=2, checkpoint=tmp_path / "a.pt", config=config)
+    saved = train.load_checkpoint(tmp_path / "a.pt")["config"]  # weights_only load works
+    assert (saved["dims"], saved["lr"], saved["where"]) == (6, 0.5, "a/b")
+    model, loss_fn, batches = _problem()
+    calls = []
+    train.fit(
+        model,
+        _counted(loss_fn, calls),
+        batches,
+        steps=2,
+        checkpoint=tmp_path / "a.pt",
+        config=config,
+    )
+    assert not calls  # the same run, reused
+
+    for bad in ({"act": torch.tanh}, {"cls": nn.ReLU}, {"x": torch.ones(2)}):
+        with pytest.raises(TypeError, match=rf"config.{next(iter(bad))} holds"):
+            train.fit(model, _counted(loss_fn, calls), batches, steps=2, config=bad)
+    assert not calls  # refused before any training
+
+
+def test_load_or_train_removes_temporaries_of_a_killed_save(tmp_path, monkeypatch):
+    monkeypatch.setenv("NBUTILS_CKPT", str(tmp_path))
+    monkeypatch.setenv("NBUTILS_PROFILE", "smoke")
+    model, loss_fn, batches = _problem()
+    train.load_or_train("tmp", model, loss_fn, batches, config={}, steps=2)
+    (saved,) = (tmp_path / "smoke").glob("tmp-*.pt")
+    stale = saved.with_name(saved.name + "abc123.tmp")
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / "smoke" / "unrelated.pt.tmp"
+    other.write_bytes(b"someone else's")
+    model, loss_fn, batches = _problem()
+    train.load_or_train("tmp", model, loss_fn, batches, config={}, steps=2)
+    assert not stale.exists() and other.exists()
+
+
+def test_resuming_with_other_batches_is_refused(tmp_path):
+    model, loss_fn, batches = _problem()
+    path = tmp_path / "b.pt"
+    train.fit(model, loss_fn, batches, steps=3, checkpoint=path, config={})
+    state = train.load_checkpoint(path)["batches"]
+    other = Batches(torch.zeros(64, 3), torch.zeros(64), batch_size=4)
+    with pytest.raises(
+        train.CheckpointMismatch, match="batches of 8; these have 64 rows in batches of 4"
+    ):
+        other.load_state_dict(state)

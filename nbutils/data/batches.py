@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from nbutils.checkpoint import CheckpointMismatch, describe_value, tensor_digest
 from nbutils.data.views import binarize, dequantize, to_symmetric
 
 
@@ -35,7 +36,7 @@ class Batches:
             raise ValueError(f"batch_size must be in [1, {n}], got {batch_size}")
         self.device = torch.device(device) if device is not None else tensors[0].device
         self.tensors = [t.to(self.device) for t in tensors]
-        self.batch_size, self.transform, self.n = batch_size, transform, n
+        self.batch_size, self.transform, self.n, self.seed = batch_size, transform, n, seed
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.epoch, self.position = 0, 0
         self.order = self._new_order()
@@ -56,8 +57,16 @@ class Batches:
             return self.transform(*rows, generator=self.generator)
         return rows[0] if len(rows) == 1 else tuple(rows)
 
+    def fingerprint(self) -> str:
+        """What the batches are made of: a digest of the tensors, the batch size, the seed and
+        the transform (recorded by :func:`nbutils.train.fit` in its checkpoints)."""
+        parts = (self.batch_size, self.seed, describe_value(self.transform))
+        return f"{tensor_digest(self.tensors)}:{parts}"
+
     def state_dict(self) -> dict:
         return {
+            "n": self.n,
+            "batch_size": self.batch_size,
             "epoch": self.epoch,
             "position": self.position,
             "order": self.order.cpu(),
@@ -65,6 +74,12 @@ class Batches:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        saved = (state.get("n", self.n), state.get("batch_size", self.batch_size))
+        if saved != (self.n, self.batch_size):
+            raise CheckpointMismatch(
+                f"the saved batches came from {saved[0]} rows in batches of {saved[1]}; these "
+                f"have {self.n} rows in batches of {self.batch_size}"
+            )
         self.epoch, self.position = state["epoch"], state["position"]
         self.order = state["order"].to(self.device)
         self.generator.set_state(state["generator"])

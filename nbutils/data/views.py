@@ -16,10 +16,10 @@ from nbutils.tensors import check_tensor
 def _check_images(images: torch.Tensor, name: str = "images") -> None:
     """uint8 MNIST pixels (0..255) of shape (N, 28, 28) or (N, 1, 28, 28)."""
     check_tensor(images, f"{name} (uint8 MNIST pixels, 0..255)", dtype=torch.uint8)
-    if images.dim() == 4:
-        check_tensor(images, name, shape=("N", 1, 28, 28))
-    else:
-        check_tensor(images, name, shape=("N", 28, 28))
+    if tuple(images.shape[1:]) not in ((28, 28), (1, 28, 28)):
+        raise ValueError(
+            f"{name} must have shape (N, 28, 28) or (N, 1, 28, 28), got {tuple(images.shape)}"
+        )
 
 
 def _as_batch(images: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ import math
 import torch
 from torch import nn
 
-from nbutils.tensors import check_tensor, draw, generator_device
+from nbutils.tensors import check_dtype_matches, check_tensor, draw, generator_device
 
 # ----------------------------------------------------------------------------- priors
 
@@ -228,6 +228,8 @@ class Logit(Transform):
         check_tensor(x, "input of Logit", shape=("B", *self.event_shape))
         closed = self.alpha > 0
         low, high = x.min().item(), x.max().item()
+        if math.isnan(low) or math.isnan(high):
+            raise ValueError("Logit expects values in [0, 1], got NaN")
         if (low < 0 or high > 1) if closed else (low <= 0 or high >= 1):
             interval = "[0, 1]" if closed else "(0, 1) (alpha = 0)"
             raise ValueError(f"Logit expects values in {interval}, got [{low:.4g}, {high:.4g}]")
@@ -258,8 +260,13 @@ class Flow(nn.Module):
         self.transform, self.prior = transform, prior
         self.event_shape = transform.event_shape
 
+    def extra_repr(self) -> str:
+        return f"prior={type(self.prior).__name__}"  # part of the repr a checkpoint records
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """(B, *event_shape) -> (B,) log-density in nats."""
+        check_tensor(x, "x", shape=("B", *self.event_shape), floating=True)
+        check_dtype_matches(x, self)
         z, logdet = self.transform(x)
         return self.prior.log_prob(z) + logdet
 

@@ -110,12 +110,19 @@ class ClassEmbedding(nn.Embedding):
             raise ValueError("this ClassEmbedding has no null row (null=False)")
         return self.num_classes
 
-    def forward(self, y: torch.Tensor | None, batch: int | None = None) -> torch.Tensor:
-        """Vectors of the labels y (B,); ``y=None`` gives the null row ``batch`` times."""
+    def forward(
+        self, y: torch.Tensor | None, batch: int | None = None, *, validate: bool = True
+    ) -> torch.Tensor:
+        """Vectors of the labels y (B,); ``y=None`` gives the null row ``batch`` times.
+
+        ``validate=False`` skips the range check (two GPU synchronisations) for labels that
+        the caller has checked already."""
         if y is None:
             if batch is None:
                 raise ValueError("y=None needs batch=B, the number of null labels")
             y = torch.full((batch,), self.null_index, dtype=torch.long, device=self.weight.device)
+        if not validate:
+            return super().forward(y)
         check_tensor(y, "y", dtype=torch.long, shape=("B",))
         top = self.num_classes + int(self.null)
         if y.numel() and (y.min() < 0 or y.max() >= top):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nbutils.nn.embeddings import ClassEmbedding, TimeMLP
-from nbutils.tensors import check_tensor
+from nbutils.tensors import check_dtype_matches, check_tensor
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -186,6 +186,7 @@ class UNet(nn.Module):
                 f"levels, got {tuple(x.shape[2:])}"
             )
         check_tensor(t, "t", shape=("B",), sizes=sizes)
+        check_dtype_matches(x, self)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
         self.check_input(x, t)

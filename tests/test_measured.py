@@ -1,0 +1,75 @@
+"""Numbers that cannot drift: every measured number the notes quote comes from results/*.json
+through the `measured` role or the `results-table` directive, every reference resolves, and the
+README's table is exactly what the results files generate."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from nbutils import measured
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTES = sorted((ROOT / "notes").glob("*.md"))
+ROLE = re.compile(r"\{measured\}`([^`]+)`")
+TABLE = re.compile(r"```\{results-table\}\s*(\d\d)\n(.*?)```", re.DOTALL)
+
+
+def references():
+    for note in NOTES:
+        for ref in ROLE.findall(note.read_text()):
+            yield pytest.param(ref, id=f"{note.name}:{ref}")
+
+
+@pytest.mark.parametrize("ref", list(references()))
+def test_every_measured_reference_resolves(ref):
+    assert measured.measured(ROOT, ref)
+
+
+def test_every_results_table_names_metrics_that_exist():
+    tables = [(n, m) for note in NOTES for n, m in TABLE.findall(note.read_text())]
+    assert tables, "the notes should show their measured numbers in results tables"
+    for chapter, body in tables:
+        names = [line.strip() for line in body.splitlines() if line.strip()]
+        header, rows = measured.table_rows(ROOT, chapter, names)
+        assert len(rows) == len(names) and header[1:3] == ["`cpu`", "`gpu`"]
+
+
+def test_the_readme_table_is_generated_from_the_results_files():
+    text = (ROOT / "README.md").read_text()
+    start = text.index(measured.README_BEGIN) + len(measured.README_BEGIN) + 1
+    block = text[start : text.index(measured.README_END)].strip()
+    headlines = json.loads((ROOT / "results" / "headlines.json").read_text())
+    assert block == measured.readme_table(ROOT, headlines), (
+        "README's results table differs from results/*.json: run `python -m nbutils.results "
+        "--readme`"
+    )
+
+
+def test_lookups_render_and_unknown_names_list_what_exists(tmp_path):
+    (tmp_path / "results").mkdir()
+    entry = {"wall_seconds": 12.5, "metrics": {"nll": {"value": 81.234, "unit": "nats"}}}
+    data = {"profile": "gpu", "chapters": {"01": entry}}
+    (tmp_path / "results" / "gpu.json").write_text(json.dumps(data))
+    assert measured.measured(tmp_path, "gpu/01/nll") == "81.23"
+    assert measured.measured(tmp_path, "gpu/01/nll|.1f") == "81.2"
+    assert measured.measured(tmp_path, "gpu/01/@wall_seconds|.0f") == "12"
+    with pytest.raises(measured.MissingResult, match="no metric 'nlll'; it has: nll"):
+        measured.measured(tmp_path, "gpu/01/nlll")
+    with pytest.raises(measured.MissingResult, match="no chapter '02'"):
+        measured.measured(tmp_path, "gpu/02/nll")
+    with pytest.raises(measured.MissingResult, match="make results PROFILE=cpu"):
+        measured.measured(tmp_path, "cpu/01/nll")
+    with pytest.raises(measured.MissingResult, match="profile/chapter/metric"):
+        measured.measured(tmp_path, "gpu-01-nll")
+    assert measured.render(1234567) == "1,234,567" and measured.render(None) == "n/a"
+
+
+def test_no_note_quotes_the_measured_paragraphs_by_hand():
+    """The old hand-typed result paragraphs ("What we measured in the `gpu` profile ...,
+    commit ...") must not come back: numbers go through the results files."""
+    for note in NOTES:
+        text = note.read_text()
+        assert "What we measured in the `gpu` profile" not in text, note.name
+        assert not re.search(r"commit `[0-9a-f]{7}", text), f"{note.name} names a commit"
