@@ -109,6 +109,47 @@ class Report:
         }
 
 
+@dataclass
+class Table:
+    """A small table that a notebook shows as HTML (and as aligned text elsewhere).
+
+    Example:
+        >>> Table(["model", "NLL"], [["MADE", 88.04]])
+        model  NLL
+        MADE   88.04
+    """
+
+    header: list[str]
+    rows: list[list]
+    caption: str = ""
+
+    def __post_init__(self):
+        bad = [i for i, row in enumerate(self.rows) if len(row) != len(self.header)]
+        if bad:
+            raise ValueError(f"rows {bad} do not have {len(self.header)} cells like the header")
+
+    def _cells(self) -> list[list[str]]:
+        return [[_fmt(c) if not isinstance(c, str) else c for c in row] for row in self.rows]
+
+    def __repr__(self) -> str:
+        rows = [list(self.header), *self._cells()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(self.header))]
+        lines = [self.caption] if self.caption else []
+        lines += [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        ]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+            for r in self._cells()
+        )
+        caption = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
+        return f"<table>{caption}<tr>{head}</tr>{body}</table>"
+
+
 def report(chapter: str, metrics: dict, *, out: str | os.PathLike | None = None) -> Report:
     """Build a chapter's :class:`Report`; write JSON to ``out`` or ``$NBUTILS_REPORT_DIR``.
 

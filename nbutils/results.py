@@ -130,7 +130,8 @@ def _read_results(source: Path, profile: str) -> dict:
 
 def compare(a: dict, b: dict) -> list[str]:
     """The differences between two results files: chapters or metrics present in one only,
-    and values that differ; metrics in seconds (wall-clock times) are skipped."""
+    and values that differ (the numbers; wording of sources and notes may change); metrics
+    in seconds (wall-clock times) are skipped."""
     diffs = []
     for chapter in sorted(set(a["chapters"]) | set(b["chapters"])):
         ma = a["chapters"].get(chapter, {}).get("metrics")
@@ -146,7 +147,7 @@ def compare(a: dict, b: dict) -> list[str]:
                 diffs.append(
                     f"{chapter} {name!r}: only in {'the first' if vb is None else 'the second'}"
                 )
-            elif "s" not in (va.get("unit"), vb.get("unit")) and va != vb:
+            elif "s" not in (va.get("unit"), vb.get("unit")) and va["value"] != vb["value"]:
                 diffs.append(f"{chapter} {name!r}: {va.get('value')!r} != {vb.get('value')!r}")
     return diffs
 
