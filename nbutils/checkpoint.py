@@ -84,63 +84,105 @@ def tensor_digest(tensors, digest=None) -> str:
     for t in tensors:
         t = t.detach().cpu().contiguous()
         digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer, not a copy
     return digest.hexdigest()[:16]
 
 
-def _code_digest(code: types.CodeType) -> str:
+def _const_text(const) -> str:
+    """A constant of compiled code as stable text (frozensets sorted: their repr follows the
+    string hash seed, which changes between runs)."""
+    if isinstance(const, types.CodeType):
+        return _code_digest(const)
+    if isinstance(const, frozenset):
+        return "frozenset(" + ", ".join(sorted(_const_text(c) for c in const)) + ")"
+    if isinstance(const, tuple):
+        return "(" + ", ".join(_const_text(c) for c in const) + ")"
+    return repr(const)
+
+
+def _code_digest(code: types.CodeType, skip_docstring: bool = False) -> str:
     digest = hashlib.sha256(code.co_code + repr(code.co_names).encode())
-    for const in code.co_consts:
-        text = _code_digest(const) if isinstance(const, types.CodeType) else repr(const)
-        digest.update(text.encode())
+    consts = code.co_consts[1:] if skip_docstring else code.co_consts
+    for const in consts:
+        digest.update(_const_text(const).encode())
     return digest.hexdigest()[:16]
 
 
-def describe_callable(fn) -> str:
-    """A stable description of a function: its name and a digest of its code (and, for a
-    ``functools.partial``, of its bound arguments); lambdas and notebook functions too."""
+def describe_callable(fn, depth: int = 0) -> str:
+    """A stable description of a function: its name, a digest of its code (not of its
+    docstring), its default arguments and the values it closes over; for a
+    ``functools.partial`` also its bound arguments. Lambdas and notebook functions too.
+
+    Not seen: the globals a function reads and the code of the functions it calls (a change
+    inside the package itself is not detected; ``retrain=True`` or another name then).
+    """
+    if depth > 4:  # deep or self-referring structures: the name is enough
+        return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
     if isinstance(fn, functools.partial):
-        args = [describe_value(a) for a in fn.args]
-        keywords = {k: describe_value(v) for k, v in sorted(fn.keywords.items())}
-        return f"partial({describe_callable(fn.func)}, {args}, {keywords})"
+        args = [describe_value(a, depth + 1) for a in fn.args]
+        keywords = {k: describe_value(v, depth + 1) for k, v in sorted(fn.keywords.items())}
+        return f"partial({describe_callable(fn.func, depth + 1)}, {args}, {keywords})"
     if inspect.ismethod(fn):
-        return f"{describe_value(fn.__self__)}.{describe_callable(fn.__func__)}"
+        return f"{describe_value(fn.__self__, depth + 1)}.{describe_callable(fn.__func__, depth)}"
     if inspect.isfunction(fn):
-        cells = [_describe_cell(c) for c in fn.__closure__ or ()]
-        return f"{fn.__module__}.{fn.__qualname__}:{_code_digest(fn.__code__)}{cells or ''}"
+        has_doc = bool(fn.__doc__) and fn.__code__.co_consts[:1] == (fn.__doc__,)
+        code = _code_digest(fn.__code__, skip_docstring=has_doc)
+        extras = [describe_value(v, depth + 1) for v in fn.__defaults__ or ()]
+        extras += [
+            f"{k}={describe_value(v, depth + 1)}"
+            for k, v in sorted((fn.__kwdefaults__ or {}).items())
+        ]
+        extras += [_describe_cell(c, depth + 1) for c in fn.__closure__ or ()]
+        return f"{fn.__module__}.{fn.__qualname__}:{code}{extras or ''}"
     if isinstance(fn, nn.Module):
         return model_digest(fn)
-    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    return f"{getattr(fn, '__module__', None) or type(fn).__module__}.{name}"  # builtins, objects
+    if isinstance(fn, type) or inspect.isbuiltin(fn):
+        return f"{fn.__module__}.{fn.__qualname__}"
+    return _describe_object(fn, depth)  # a callable object: its type and plain attributes
 
 
-def _describe_cell(cell) -> str:
-    """A closure's captured value: plain values in full, functions by name only (a function
-    that refers to itself would never end)."""
+def _describe_cell(cell, depth: int) -> str:
+    """A closure's captured value (an empty cell, e.g. a function not yet defined, by a mark)."""
     try:
         value = cell.cell_contents
-    except ValueError:  # an empty cell
+    except ValueError:
         return "<empty>"
-    if inspect.isfunction(value):
-        return f"{value.__module__}.{value.__qualname__}"
-    return describe_value(value)
+    return describe_value(value, depth)
 
 
-def describe_value(value) -> str:
-    """Plain values and tuples by their repr, callables by :func:`describe_callable`, modules
-    and tensors by a digest, other objects (lists and dicts too: state that changes) by their
-    type."""
+def _describe_object(value, depth: int) -> str:
+    """An object by its type and the plain values among its attributes (numbers, strings,
+    tuples of them), e.g. a schedule's beta_min and beta_max."""
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    try:
+        attributes = sorted(vars(value).items())
+    except TypeError:  # no __dict__
+        return kind
+    plain = [
+        (k, v)
+        for k, v in attributes
+        if v is None or isinstance(v, bool | int | float | str | tuple)
+    ]
+    return kind + (f"{[(k, describe_value(v, depth + 1)) for k, v in plain]}" if plain else "")
+
+
+def describe_value(value, depth: int = 0) -> str:
+    """Plain values and tuples by their repr, callables by :func:`describe_callable`, classes
+    by name, modules and tensors by a digest, other objects by their type and plain
+    attributes (lists and dicts only by their type: state that changes, such as counters)."""
     if value is None or isinstance(value, bool | int | float | str | torch.dtype):
         return repr(value)
     if isinstance(value, tuple):
-        return "(" + ", ".join(describe_value(v) for v in value) + ")"
+        return "(" + ", ".join(describe_value(v, depth + 1) for v in value) + ")"
     if isinstance(value, nn.Module):
         return model_digest(value)
     if isinstance(value, torch.Tensor):
         return tensor_digest([value])
-    if callable(value) and not isinstance(value, type):
-        return describe_callable(value)
-    return f"{type(value).__module__}.{type(value).__qualname__}"
+    if isinstance(value, list | dict | set):
+        return f"builtins.{type(value).__name__}"
+    if callable(value):
+        return describe_callable(value, depth + 1)
+    return _describe_object(value, depth)
 
 
 def model_digest(model: nn.Module) -> str:

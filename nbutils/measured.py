@@ -67,13 +67,16 @@ def lookup(root: Path, ref: str):
 
 
 def render(value, spec: str = "") -> str:
-    """A value as text: floats with ``spec`` (default ``.4g``), ints with thousands commas."""
+    """A value as text: floats with ``spec`` (default: 4 significant digits, but all digits
+    before the point and one after it from 1000 on, e.g. 1985.8), ints with commas."""
     if value is None:
         return "n/a"
     if isinstance(value, bool) or isinstance(value, str):
         return str(value)
     if isinstance(value, int) and not spec:
         return f"{value:,}"
+    if not spec and abs(value) >= 1000:
+        return f"{value:,.1f}"
     return format(value, spec or ".4g")
 
 
@@ -162,8 +165,14 @@ def setup(app):
     def root_of(env) -> Path:
         return Path(env.srcdir)
 
+    def depend(env) -> None:
+        """Rebuild a page that quotes results whenever a results file changes."""
+        for path in sorted((root_of(env) / "results").rglob("*.json")):
+            env.note_dependency(str(path))
+
     def role(name, rawtext, text, lineno, inliner, options=None, content=None):
         env = inliner.document.settings.env
+        depend(env)
         try:
             return [nodes.Text(measured(root_of(env), text))], []
         except MissingResult as err:
@@ -175,6 +184,7 @@ def setup(app):
         has_content = True
 
         def run(self):
+            depend(self.env)
             names = [line.strip() for line in self.content if line.strip()]
             try:
                 header, rows = table_rows(root_of(self.env), self.arguments[0], names)

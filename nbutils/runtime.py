@@ -164,8 +164,9 @@ def git_commit(path: str | os.PathLike = ".") -> str | None:
     try:
         run = dict(cwd=Path(path), capture_output=True, text=True, timeout=10)
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], **run).stdout.strip()
-        # results/ is what a results run writes: it does not make the code dirty
-        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"]
+        # the whole checkout counts (not only the folder of `path`), except results/, which is
+        # what a results run writes
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":!/results"]
         dirty = subprocess.run(status, **run)
     except (OSError, subprocess.SubprocessError):
         return None

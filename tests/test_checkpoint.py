@@ -54,3 +54,69 @@ def test_rng_state_round_trip():
     first = torch.rand(3)
     checkpoint.set_rng_state(saved)
     assert torch.equal(torch.rand(3), first)
+
+
+def test_descriptions_see_defaults_closed_over_classes_and_plain_attributes():
+    from nbutils.paths import VPSchedule
+
+    def loss_a(m, batch, scale=1.0):
+        return scale
+
+    def loss_b(m, batch, scale=2.0):
+        return scale
+
+    assert checkpoint.describe_callable(loss_a) != checkpoint.describe_callable(loss_b)
+
+    def closing_over(cls):
+        def loss(m, batch):
+            return cls
+
+        return loss
+
+    relu, tanh = closing_over(torch.nn.ReLU), closing_over(torch.nn.Tanh)
+    assert checkpoint.describe_callable(relu) != checkpoint.describe_callable(tanh)
+    assert checkpoint.describe_value(VPSchedule(0.1, 20)) != checkpoint.describe_value(
+        VPSchedule(0.1, 10)
+    )
+
+    class Scaled:
+        def __init__(self, k):
+            self.k = k
+
+        def __call__(self, m, batch):
+            return self.k
+
+    assert checkpoint.describe_callable(Scaled(1)) != checkpoint.describe_callable(Scaled(2))
+
+
+def test_descriptions_ignore_docstrings_and_the_hash_seed(tmp_path):
+    import subprocess
+    import sys
+
+    def documented(m, batch):
+        """One docstring."""
+        return m in {"a", "b", "c"}
+
+    def redocumented(m, batch):
+        """Another docstring."""
+        return m in {"a", "b", "c"}
+
+    describe = checkpoint.describe_callable
+    assert describe(documented).split(":")[1] == describe(redocumented).split(":")[1]
+    script = tmp_path / "f.py"
+    script.write_text(
+        "from nbutils.checkpoint import describe_callable\n"
+        "def f(m, batch):\n    return m in {'alpha', 'beta', 'gamma', 'delta'}\n"
+        "print(describe_callable(f))\n"
+    )
+    seen = {
+        subprocess.run(
+            [sys.executable, str(script)],
+            env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(seen) == 1, seen

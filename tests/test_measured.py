@@ -73,3 +73,15 @@ def test_no_note_quotes_the_measured_paragraphs_by_hand():
         text = note.read_text()
         assert "What we measured in the `gpu` profile" not in text, note.name
         assert not re.search(r"commit `[0-9a-f]{7}", text), f"{note.name} names a commit"
+
+
+def test_roles_stay_where_they_render():
+    """A `|` format inside a role would split a Markdown table row, and notebooks are read in
+    Jupyter and Colab too, where a role shows as raw text."""
+    for note in NOTES:
+        for line in note.read_text().splitlines():
+            if line.lstrip().startswith("|"):
+                bad = [ref for ref in ROLE.findall(line) if "|" in ref]
+                assert not bad, f"{note.name}: a format spec inside a table row: {bad}"
+    for notebook in sorted((ROOT / "book").glob("*.ipynb")):
+        assert "{measured}" not in notebook.read_text(), f"{notebook.name} uses the role"

@@ -73,3 +73,22 @@ def test_timer_measures_the_block_and_timed_returns_the_result():
     assert 0.02 <= timer.seconds < 1.0
     out, seconds = runtime.timed(lambda: 41 + 1, "cpu")
     assert out == 42 and 0 <= seconds < 1.0
+
+
+def test_git_commit_sees_changes_anywhere_in_the_checkout_but_results(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.delenv("NBUTILS_COMMIT", raising=False)
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    for folder in ("book", "nbutils", "results"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "f.txt").write_text("a")
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    clean = runtime.git_commit(tmp_path / "book")
+    assert clean and not clean.endswith("+dirty")
+    (tmp_path / "results" / "f.txt").write_text("b")  # what a results run writes
+    assert runtime.git_commit(tmp_path / "book") == clean
+    (tmp_path / "nbutils" / "f.txt").write_text("b")  # code outside the notebook's folder
+    assert runtime.git_commit(tmp_path / "book") == clean + "+dirty"

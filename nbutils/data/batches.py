@@ -58,9 +58,12 @@ class Batches:
         return rows[0] if len(rows) == 1 else tuple(rows)
 
     def fingerprint(self) -> str:
-        """What the batches are made of: a digest of the tensors, the batch size, the seed and
-        the transform (recorded by :func:`nbutils.train.fit` in its checkpoints)."""
-        parts = (self.batch_size, self.seed, describe_value(self.transform))
+        """What the batches are made of: a digest of the tensors, the batch size, the seed, the
+        device type (its generator's state only fits that kind) and the transform (recorded by
+        :func:`nbutils.train.fit` in its checkpoints). Data made by a model, such as reflow
+        pairs, are hashed by their values: another GPU or torch version may give other bits
+        and so train afresh, which is safe."""
+        parts = (self.batch_size, self.seed, self.device.type, describe_value(self.transform))
         return f"{tensor_digest(self.tensors)}:{parts}"
 
     def state_dict(self) -> dict:
