@@ -59,57 +59,6 @@ def _fmt(value) -> str:
 
 
 @dataclass
-class Report:
-    """A chapter's metrics; renders as text or an HTML table."""
-
-    chapter: str
-    profile: str
-    metrics: dict[str, dict]
-
-    def rows(self) -> list[list[str]]:
-        return [
-            [
-                name,
-                _fmt(m["value"]),
-                m["unit"] or "",
-                _fmt(m["paper"]),
-                m["source"] or "",
-                m["note"] or "",
-            ]
-            for name, m in self.metrics.items()
-        ]
-
-    def __repr__(self) -> str:
-        head = ["metric", "ours", "unit", "paper", "source", "note"]
-        rows = [head, *self.rows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = [f"Chapter {self.chapter} results ({self.profile} profile)"]
-        lines += [
-            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-        ]
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        head = "".join(
-            f"<th>{h}</th>" for h in ("metric", "ours", "unit", "paper", "source", "note")
-        )
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows()
-        )
-        caption = f"Chapter {self.chapter}: measured in the <b>{self.profile}</b> profile"
-        return f"<table><caption>{caption}</caption><tr>{head}</tr>{body}</table>"
-
-    def to_json(self) -> dict:
-        return {
-            "chapter": self.chapter,
-            "profile": self.profile,
-            "metrics": self.metrics,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "machine": machine(),
-        }
-
-
-@dataclass
 class Table:
     """A small table that a notebook shows as HTML (and as aligned text elsewhere).
 
@@ -148,6 +97,49 @@ class Table:
         )
         caption = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
         return f"<table>{caption}<tr>{head}</tr>{body}</table>"
+
+
+@dataclass
+class Report:
+    """A chapter's metrics; renders as text or an HTML table."""
+
+    chapter: str
+    profile: str
+    metrics: dict[str, dict]
+
+    def rows(self) -> list[list[str]]:
+        return [
+            [
+                name,
+                _fmt(m["value"]),
+                m["unit"] or "",
+                _fmt(m["paper"]),
+                m["source"] or "",
+                m["note"] or "",
+            ]
+            for name, m in self.metrics.items()
+        ]
+
+    def table(self) -> Table:
+        """The metrics as a :class:`Table` beside the papers' numbers."""
+        header = ["metric", "ours", "unit", "paper", "source", "note"]
+        caption = f"Chapter {self.chapter} results ({self.profile} profile)"
+        return Table(header, self.rows(), caption=caption)
+
+    def __repr__(self) -> str:
+        return repr(self.table())
+
+    def _repr_html_(self) -> str:
+        return self.table()._repr_html_()
+
+    def to_json(self) -> dict:
+        return {
+            "chapter": self.chapter,
+            "profile": self.profile,
+            "metrics": self.metrics,
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": machine(),
+        }
 
 
 def report(chapter: str, metrics: dict, *, out: str | os.PathLike | None = None) -> Report:
