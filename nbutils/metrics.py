@@ -16,6 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from nbutils.tensors import check_count
+
 
 def bits_per_dim(nats: float | torch.Tensor, dims: int = 784):
     """Nats per example -> bits per dimension: ``nats / (dims * ln 2)``."""
@@ -67,8 +69,7 @@ def log_likelihoods(
         >>> log_likelihoods(lambda v: -v.sum(1), torch.ones(5, 2), batch_size=2).tolist()
         [-2.0, -2.0, -2.0, -2.0, -2.0]
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_count(batch_size, "batch_size")
     chunks = x.split(batch_size)
     if progress:
         from tqdm.auto import tqdm

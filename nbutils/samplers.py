@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from nbutils.tensors import check_tensor
+from nbutils.tensors import check_count, check_tensor
 
 
 def time_grid(steps: int, t_start: float = 1.0, t_end: float = 0.0) -> torch.Tensor:
@@ -37,8 +37,7 @@ def time_grid(steps: int, t_start: float = 1.0, t_end: float = 0.0) -> torch.Ten
         >>> time_grid(4).tolist()
         [1.0, 0.75, 0.5, 0.25, 0.0]
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    check_count(steps, "steps")
     if not (0 <= t_start <= 1 and 0 <= t_end <= 1) or t_start == t_end:
         raise ValueError(
             f"a time grid runs between two different times in [0, 1] (t = 0 data, t = 1 "

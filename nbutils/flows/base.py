@@ -29,7 +29,7 @@ import math
 import torch
 from torch import nn
 
-from nbutils.tensors import check_dtype_matches, check_tensor, draw, generator_device
+from nbutils.tensors import check_count, check_dtype_matches, check_tensor, draw, generator_device
 
 # ----------------------------------------------------------------------------- priors
 
@@ -285,8 +285,7 @@ class Flow(nn.Module):
         The draw uses ``generator`` (on its own device) and then moves to the flow's device.
         Returns (n, *event_shape).
         """
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        check_count(n, "n")
         ref = next(self.parameters(), torch.empty(0))
         shape = (n, *self.transform.out_shape)
         z = self.prior.sample(shape, temperature, generator, device=ref.device, dtype=ref.dtype)
