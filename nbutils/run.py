@@ -92,9 +92,15 @@ def _execute(source: str, namespace: dict, outputs: _Outputs, filename: str) -> 
 
 
 def run_notebook(
-    path: str | os.PathLike, out: str | os.PathLike, profile: str | None = None
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    profile: str | None = None,
+    sources: list[str] | None = None,
 ) -> dict:
     """Run every code cell of ``path``; write figures, outputs and timings under ``out``.
+
+    ``sources`` replaces the notebook's code cells (still run in its folder): how
+    :mod:`nbutils.exercises` runs an edited copy.
 
     Returns:
         ``{"notebook", "profile", "cells": [{"cell", "seconds", "figures"}], "seconds", "error"}``.
@@ -107,7 +113,7 @@ def run_notebook(
     os.environ["MPLBACKEND"] = "Agg"
     os.environ["NBUTILS_REPORT_DIR"] = str(out)
     out.mkdir(parents=True, exist_ok=True)
-    sources = code_cells(path)
+    sources = code_cells(path) if sources is None else sources
     import matplotlib
 
     matplotlib.use("Agg")
