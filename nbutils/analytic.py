@@ -7,9 +7,12 @@ Chapters 04 to 06 add the scores and marginals of the other paths of :mod:`nbuti
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
+
+from nbutils.tensors import check_tensor
 
 
 def gaussian_velocity(mean: torch.Tensor, cov: torch.Tensor) -> Callable:
@@ -54,8 +57,13 @@ def gaussian_mixture_velocity(means: torch.Tensor, std: float, weights=None) -> 
     Returns:
         ``v(x, t)`` for x (B, D), t (B,) with t < 1 or std > 0.
     """
+    check_tensor(means, "means (component means)", shape=("K", "D"), floating=True, finite=True)
+    if not (isinstance(std, (int, float)) and std >= 0 and math.isfinite(std)):
+        raise ValueError(f"std must be a number >= 0, got {std!r}")
     k = means.shape[0]
     w = torch.full((k,), 1.0 / k) if weights is None else torch.as_tensor(weights)
+    if w.shape != (k,) or (w < 0).any() or abs(float(w.sum()) - 1) > 1e-4:
+        raise ValueError(f"weights must be {k} non-negative numbers summing to 1, got {w.tolist()}")
     log_w = w.to(means).log()  # (K,)
 
     def v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -62,7 +62,17 @@ class Autoregressive(nn.Module):
         self.register_buffer("order", torch.arange(self.dim))
 
     def logits(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Bernoulli logits of every conditional, (B, *event_shape); values of x are not checked."""
+        """Bernoulli logits of every conditional, (B, *event_shape).
+
+        The shape and dtype of ``x`` are checked, its values are not (real-valued inputs are
+        fine, e.g. for :func:`dependency_map`); labels ``y`` as in :meth:`check_label`.
+        """
+        check_tensor(x, "x", shape=("B", *self.event_shape), floating=True)
+        check_dtype_matches(x, self)
+        return self._logits(x, self.check_label(y, len(x)))
+
+    def _logits(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`logits` without the checks: what subclasses implement."""
         raise NotImplementedError
 
     def resample_masks(self) -> None:
@@ -102,7 +112,7 @@ class Autoregressive(nn.Module):
         """Exact log-likelihood log p(x) (or log p(x | y)) in nats, (B,)."""
         _check_binary(x, self)
         y = self.check_label(y, len(x))
-        nll = F.binary_cross_entropy_with_logits(self.logits(x, y), x, reduction="none")
+        nll = F.binary_cross_entropy_with_logits(self._logits(x, y), x, reduction="none")
         return -nll.flatten(1).sum(1)
 
     @torch.no_grad()
@@ -161,7 +171,7 @@ class Autoregressive(nn.Module):
 
     def _logit_at(self, state, flat, i, y):
         """Logit of pixel i given the current (partly filled) flat images (B, D): (B,)."""
-        return self.logits(flat.view(len(flat), *self.event_shape), y).reshape(len(flat), -1)[:, i]
+        return self._logits(flat.view(len(flat), *self.event_shape), y).reshape(len(flat), -1)[:, i]
 
     def _update(self, state, flat, i):
         """Fold the newly set pixel i into the state."""
@@ -202,7 +212,7 @@ class FVSBN(Autoregressive):
     def output_bias(self):
         return self.bias
 
-    def logits(self, x, y=None):
+    def _logits(self, x, y=None):
         flat = x.flatten(1)  # (B, D)
         out = flat @ self.weight_matrix().T + _plus_class(self.bias, self.class_bias, y)
         return out.view_as(x)
@@ -227,6 +237,7 @@ class NADE(Autoregressive):
 
     def __init__(self, shape=(1, 28, 28), hidden: int = 500, num_classes: int = 0):
         super().__init__(shape, num_classes)
+        check_count(hidden, "hidden")
         self.W = nn.Parameter(torch.randn(hidden, self.dim - 1) / math.sqrt(self.dim))  # no x_D
         self.c = nn.Parameter(torch.zeros(hidden))
         self.V = nn.Parameter(torch.randn(self.dim, hidden) / math.sqrt(hidden))
@@ -237,7 +248,7 @@ class NADE(Autoregressive):
     def output_bias(self):
         return self.b
 
-    def logits(self, x, y=None):
+    def _logits(self, x, y=None):
         flat = x.flatten(1)  # (B, D)
         terms = flat[:, :-1, None] * self.W.T  # (B, D-1, d): x_j W[:, j]
         c = _plus_class(self.c, self.class_hidden, y)  # (d,) or (B, d)
@@ -278,6 +289,8 @@ def dependency_map(model: Autoregressive, index: int, x=None, y=None) -> torch.T
     unit). Zero exactly where the conditional cannot see the pixel. Returns (*event_shape).
     """
     ref = next(model.parameters())
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < model.dim:
+        raise ValueError(f"index must be a pixel index in [0, {model.dim}), got {index!r}")
     if x is None:
         g = torch.Generator().manual_seed(0)
         x = torch.rand(4, *model.event_shape, generator=g).to(ref)

@@ -46,8 +46,15 @@ class MADE(Autoregressive):
         super().__init__(shape, num_classes)
         if order not in ("natural", "random"):
             raise ValueError(f"order must be 'natural' or 'random', got {order!r}")
-        if num_masks < 1 or not hidden:
-            raise ValueError(f"need num_masks >= 1 and a hidden layer, got {num_masks}, {hidden}")
+        check_count(num_masks, "num_masks")
+        if (
+            isinstance(hidden, int)
+            or not hidden
+            or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden)
+        ):
+            raise ValueError(
+                f"hidden must be a non-empty tuple of layer widths, e.g. (500,), got {hidden!r}"
+            )
         self.hidden, self.num_masks = tuple(hidden), int(num_masks)
         self.order_kind, self.seed = order, int(seed)
         sizes = (self.dim, *self.hidden, self.dim)
@@ -77,7 +84,10 @@ class MADE(Autoregressive):
 
     @torch.no_grad()
     def set_mask(self, k: int, fresh: bool = False) -> None:
-        """Install mask k: its order and the connectivity masks of every layer."""
+        """Install mask k (0 <= k < num_masks): its order and the connectivity masks of every
+        layer."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_masks:
+            raise ValueError(f"mask index must be an int in [0, {self.num_masks}), got {k!r}")
         order, degrees = self.degrees(k)
         degrees = [d.to(self.order.device) for d in degrees]  # build the masks where they live
         for layer, d_in, d_out in zip(self.layers[:-1], degrees[:-1], degrees[1:], strict=True):
@@ -96,7 +106,7 @@ class MADE(Autoregressive):
     def output_bias(self):
         return self.layers[-1].bias
 
-    def logits(self, x, y=None):
+    def _logits(self, x, y=None):
         h = x.flatten(1)  # (B, D)
         for j, layer in enumerate(self.layers):
             h = layer(h)  # (B, width_j)

@@ -16,16 +16,18 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from nbutils.tensors import check_count
+from nbutils.tensors import check_count, check_tensor
 
 
 def bits_per_dim(nats: float | torch.Tensor, dims: int = 784):
     """Nats per example -> bits per dimension: ``nats / (dims * ln 2)``."""
+    check_count(dims, "dims")
     return nats / (dims * math.log(2.0))
 
 
 def nats_per_example(bpd: float | torch.Tensor, dims: int = 784):
     """Bits per dimension -> nats per example (the inverse of :func:`bits_per_dim`)."""
+    check_count(dims, "dims")
     return bpd * dims * math.log(2.0)
 
 
@@ -40,6 +42,10 @@ def dequantized_bpd(log_prob_unit: torch.Tensor, dims: int = 784, levels: int = 
     Args:
         log_prob_unit: (N,) log-densities in nats of dequantized points in [0, 1)^D.
     """
+    check_tensor(log_prob_unit, "log_prob_unit (log-densities, one per example)", shape=("N",),
+                 floating=True)  # fmt: skip
+    check_count(dims, "dims")
+    check_count(levels, "levels")
     nll = -log_prob_unit.double().mean().item() + dims * math.log(levels)
     return nll / (dims * math.log(2.0))
 
@@ -94,11 +100,15 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
             f"expected logits (N, K) and labels (N,), got {tuple(logits.shape)} "
             f"and {tuple(labels.shape)}"
         )
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
     return (logits.argmax(1) == labels).double().mean().item()
 
 
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of trainable parameters."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"count_parameters needs a torch.nn.Module, got {type(model).__name__}")
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

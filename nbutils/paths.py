@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from nbutils.tensors import append_dims, check_tensor, draw
+from nbutils.tensors import append_dims, check_count, check_tensor, draw
 
 #: What a network can predict, for :meth:`Schedule.convert`.
 KINDS = ("velocity", "x0", "noise", "score")
@@ -233,6 +233,7 @@ def _check_kind(kind: str, what: str) -> None:
 
 def uniform_times(n: int, *, device=None, generator: torch.Generator | None = None):
     """n times drawn uniformly from [0, 1]: (n,) (drawn on the generator's device)."""
+    check_count(n, "n")
     return draw(torch.rand, (n,), generator=generator, device=device)
 
 
@@ -246,5 +247,10 @@ def logit_normal_times(
 ) -> torch.Tensor:
     """n times ``sigmoid(m + s * eps)``, eps ~ N(0, 1): more weight on the middle of the path
     (the SD3 choice for ``mean=0, std=1``). Returns (n,)."""
+    check_count(n, "n")
+    if not (isinstance(std, (int, float)) and std > 0 and math.isfinite(std)):
+        raise ValueError(f"std must be a positive number, got {std!r}")
+    if not (isinstance(mean, (int, float)) and math.isfinite(mean)):
+        raise ValueError(f"mean must be a finite number, got {mean!r}")
     eps = draw(torch.randn, (n,), generator=generator, device=device)
     return torch.sigmoid(mean + std * eps)

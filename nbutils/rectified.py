@@ -22,7 +22,7 @@ import torch
 
 from nbutils.paths import RECTIFIED, Schedule, uniform_times
 from nbutils.samplers import check_grid, euler
-from nbutils.tensors import check_tensor
+from nbutils.tensors import check_count, check_tensor
 
 # ----------------------------------------------------------------------------- objectives
 
@@ -123,7 +123,8 @@ def reflow_pairs(
     ts = check_grid(ts)
     if ts[0] < ts[-1]:
         raise ValueError(f"reflow pairs are made from noise (t = 1) to data (t = 0), got {ts}")
-    size = batch_size or noise.shape[0]
+    check_tensor(noise, "noise", shape=("N", "*"), floating=True, finite=True)
+    size = noise.shape[0] if batch_size is None else check_count(batch_size, "batch_size")
     chunks = range(0, noise.shape[0], size)
     if progress:
         from tqdm.auto import tqdm

@@ -146,6 +146,11 @@ def append_dims(t: torch.Tensor, ndim: int) -> torch.Tensor:
 
 def generator_device(generator: torch.Generator | None, default=None):
     """Where a draw with ``generator`` must be made: the generator's device, else ``default``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__} "
+            "(e.g. torch.Generator().manual_seed(0))"
+        )
     return generator.device if generator is not None else default
 
 

@@ -74,3 +74,66 @@ def test_an_unknown_device_name_says_what_a_device_looks_like(monkeypatch):
     monkeypatch.setenv("NBUTILS_DEVICE", "gpu0")
     with pytest.raises(ValueError, match=r"NBUTILS_DEVICE='gpu0' is not a torch device"):
         runtime.device()
+
+
+# Found by a sweep of every public entry point with wrong shapes, counts, dtypes and ranges.
+def _bad_calls():
+    from nbutils.analytic import gaussian_mixture_velocity
+    from nbutils.autoregressive import FVSBN, NADE, dependency_map
+    from nbutils.data import eight_gaussians, spirals, two_moons
+    from nbutils.metrics import accuracy, bits_per_dim, count_parameters, dequantized_bpd
+    from nbutils.nn import VelocityMLP
+    from nbutils.paths import logit_normal_times, uniform_times
+    from nbutils.pixelcnn import CategoricalPixelCNN, GatedPixelCNN, PixelCNN
+    from nbutils.rectified import reflow_pairs
+
+    return [
+        ("FVSBN logits", lambda: FVSBN(6).logits(torch.zeros(2, 5)), ValueError,
+         r"x must have shape \(B, 6\), got \(2, 5\)"),
+        ("NADE logits", lambda: NADE(6, hidden=4).logits(torch.zeros(2, 5)), ValueError,
+         r"shape \(B, 6\)"),
+        ("MADE logits", lambda: MADE(6, hidden=(8,)).logits(torch.zeros(2, 5)), ValueError,
+         r"shape \(B, 6\)"),
+        ("PixelCNN logits", lambda: PixelCNN(4, 4, channels=4, layers=1).logits(
+            torch.zeros(2, 4, 4)), ValueError, r"shape \(B, 1, 4, 4\)"),
+        ("gated logits labels", lambda: GatedPixelCNN(4, 4, channels=4, layers=1).logits(
+            torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long)), ValueError,
+         "unconditional"),
+        ("integer logits", lambda: FVSBN(6).logits(torch.zeros(2, 6, dtype=torch.long)),
+         TypeError, "floating-point"),
+        ("NADE hidden 0", lambda: NADE(6, hidden=0), ValueError, "hidden must be a positive int"),
+        ("MADE hidden int", lambda: MADE(6, hidden=8), ValueError, r"e\.g\. \(500,\), got 8"),
+        ("MADE mask index", lambda: MADE(6, hidden=(8,), num_masks=2).set_mask(2), ValueError,
+         r"mask index must be an int in \[0, 2\), got 2"),
+        ("dependency index", lambda: dependency_map(FVSBN(6), 6), ValueError,
+         r"pixel index in \[0, 6\), got 6"),
+        ("nice couplings", lambda: nice((4,), couplings=-1, partition=halves), ValueError,
+         "couplings must be an int >= 0, got -1"),
+        ("reflow batch", lambda: reflow_pairs(VelocityMLP(hidden=8), torch.zeros(4, 2),
+            time_grid(2), batch_size=0), ValueError, "batch_size must be a positive int"),
+        ("bpd of a matrix", lambda: dequantized_bpd(torch.zeros(3, 2)), ValueError,
+         r"shape \(N,\), got \(3, 2\)"),
+        ("bpd dims 0", lambda: bits_per_dim(1.0, dims=0), ValueError, "dims must be a positive"),
+        ("float labels", lambda: accuracy(torch.zeros(4, 10), torch.zeros(4)), TypeError,
+         "integer class indices"),
+        ("not a module", lambda: count_parameters(3), TypeError, "needs a torch.nn.Module"),
+        ("two moons n", lambda: two_moons(-1), ValueError, "n must be a positive int, got -1"),
+        ("8 gaussians n", lambda: eight_gaussians(0), ValueError, "n must be a positive int"),
+        ("spirals generator", lambda: spirals(4, generator=1), TypeError, "torch.Generator"),
+        ("uniform times", lambda: uniform_times(0), ValueError, "n must be a positive int"),
+        ("logit-normal std", lambda: logit_normal_times(4, std=-1.0), ValueError,
+         "std must be a positive number, got -1.0"),
+        ("mixture means", lambda: gaussian_mixture_velocity(torch.zeros(3), 0.1), ValueError,
+         r"shape \(K, D\)"),
+        ("mixture weights", lambda: gaussian_mixture_velocity(torch.zeros(2, 2), 0.1,
+            weights=[0.2, 0.2]), ValueError, "summing to 1"),
+        ("generator", lambda: CategoricalPixelCNN(2, 2, levels=3, channels=4, layers=0).sample(
+            2, generator=3), TypeError, "generator must be a torch.Generator or None, got int"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", _bad_calls(), ids=lambda c: c[0])
+def test_every_public_entry_point_names_what_it_expected(case):
+    _, call, error, message = case
+    with pytest.raises(error, match=message):
+        call()

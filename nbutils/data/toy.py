@@ -10,13 +10,25 @@ import math
 
 import torch
 
+from nbutils.tensors import check_count
+
 
 def _normal(n: int, generator, *shape) -> torch.Tensor:
     return torch.randn(n, *shape, generator=generator)
 
 
+def _check(n, generator) -> None:
+    """n must be a positive int and generator a CPU torch.Generator (or None)."""
+    check_count(n, "n")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+
+
 def two_moons(n: int, noise: float = 0.05, generator: torch.Generator | None = None):
     """Two interleaved half circles, centred and scaled to about [-2, 2]^2. Returns (n, 2)."""
+    _check(n, generator)
     angle = torch.rand(n, generator=generator) * math.pi
     upper = torch.rand(n, generator=generator) < 0.5
     x = torch.where(upper, torch.cos(angle), 1.0 - torch.cos(angle))
@@ -29,6 +41,7 @@ def eight_gaussians(
     n: int, radius: float = 2.0, std: float = 0.15, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Eight Gaussians evenly spaced on a circle of the given radius. Returns (n, 2)."""
+    _check(n, generator)
     k = torch.randint(0, 8, (n,), generator=generator).float()
     centres = radius * torch.stack([torch.cos(k * math.pi / 4), torch.sin(k * math.pi / 4)], 1)
     return centres + std * _normal(n, generator, 2)
@@ -36,6 +49,7 @@ def eight_gaussians(
 
 def checkerboard(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform on the 8 dark squares of a 4x4 checkerboard over [-2, 2]^2. Returns (n, 2)."""
+    _check(n, generator)
     x = torch.rand(n, generator=generator) * 4 - 2
     row = torch.randint(0, 2, (n,), generator=generator).float() * 2
     y = torch.rand(n, generator=generator) - 2 + row + (torch.floor(x) % 2)
@@ -44,6 +58,7 @@ def checkerboard(n: int, generator: torch.Generator | None = None) -> torch.Tens
 
 def spirals(n: int, noise: float = 0.05, generator: torch.Generator | None = None):
     """Two interleaved spirals inside about [-2, 2]^2. Returns (n, 2)."""
+    _check(n, generator)
     r = torch.sqrt(torch.rand(n, generator=generator)) * 3 * math.pi
     arm = torch.randint(0, 2, (n,), generator=generator).float() * 2 - 1
     points = arm[:, None] * torch.stack([-torch.cos(r) * r, torch.sin(r) * r], 1) / (1.6 * math.pi)

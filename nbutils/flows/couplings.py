@@ -242,6 +242,8 @@ def nice(
             it matters: half of the entries are then never changed).
         scaling: end with a :class:`Scaling` layer (without it the flow preserves volume).
     """
+    if isinstance(couplings, bool) or not isinstance(couplings, int) or couplings < 0:
+        raise ValueError(f"couplings must be an int >= 0, got {couplings!r}")
     conditioner = conditioner or mlp_conditioner()
     part = partition(tuple(event_shape))
     layers = []
