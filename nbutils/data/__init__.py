@@ -5,7 +5,7 @@ sets (:mod:`~nbutils.data.toy`). This module only re-exports their public names.
 ``python -m nbutils.data fetch`` (or ``make data``) fills the MNIST cache once per machine.
 """
 
-from nbutils.data.batches import Batches, binarized, dequantized, symmetric
+from nbutils.data.batches import Batches, binarized, dequantized, grey_levels, symmetric
 from nbutils.data.mnist import (
     ARRAYS_SHA256,
     IDX_FILES,
@@ -25,6 +25,7 @@ from nbutils.data.views import (
     dequantize,
     fixed_binarized_test,
     from_symmetric,
+    to_levels,
     to_symmetric,
     to_unit,
 )
@@ -47,11 +48,13 @@ __all__ = [
     "fetch_mnist",
     "fixed_binarized_test",
     "from_symmetric",
+    "grey_levels",
     "load_mnist",
     "mnist_path",
     "parse_idx",
     "spirals",
     "symmetric",
+    "to_levels",
     "to_symmetric",
     "to_unit",
     "two_moons",

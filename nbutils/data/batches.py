@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from nbutils.checkpoint import CheckpointMismatch, describe_value, tensor_digest
-from nbutils.data.views import binarize, dequantize, to_symmetric
+from nbutils.data.views import binarize, dequantize, to_levels, to_symmetric
 
 
 class Batches:
@@ -103,4 +103,11 @@ def dequantized(images: torch.Tensor, *rest, generator=None):
 def symmetric(images: torch.Tensor, *rest, generator=None):
     """A :class:`Batches` transform: images scaled to [-1, 1] (no randomness)."""
     x = to_symmetric(images)
+    return (x, *rest) if rest else x
+
+
+def grey_levels(images: torch.Tensor, *rest, generator=None):
+    """A :class:`Batches` transform: the 8-bit images themselves, uint8 (B, 1, 28, 28), for a
+    model of grey levels (e.g. :class:`nbutils.pixelcnn.CategoricalPixelCNN`)."""
+    x = to_levels(images)
     return (x, *rest) if rest else x

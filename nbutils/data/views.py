@@ -27,6 +27,12 @@ def _as_batch(images: torch.Tensor) -> torch.Tensor:
     return images if images.dim() == 4 else images.unsqueeze(1)
 
 
+def to_levels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, [1,] 28, 28) -> uint8 (N, 1, 28, 28): the grey levels 0..255 themselves."""
+    _check_images(images)
+    return _as_batch(images)
+
+
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, [1,] 28, 28) -> float32 (N, 1, 28, 28) in [0, 1] (k / 255)."""
     _check_images(images)
