@@ -7,6 +7,8 @@
 #   make results PROFILE=cpu [CHAPTERS=01,07] [ARCHIVE=out.tar.gz]
 #                                  measured numbers into results/<profile>.* (and, with ARCHIVE,
 #                                  every output of the run packed into one file)
+#   make bench                     training images/s of each model family, fit() against a bare
+#                                  loop, and the cost of subnormal floats: results/bench-<device>.*
 #   make same-numbers [REF=HEAD]   the smoke numbers of this tree equal those of commit REF
 #                                  (the check that a refactoring changed no behaviour)
 #
@@ -60,7 +62,7 @@ BOOK_CKPT := $(CURDIR)/$(BOOK_OUT)/.checkpoints
 TEST_OUT := $(BOOK_OUT)/smoke
 JB_FLAGS := -W --keep-going
 
-.PHONY: help venv data assets lint hygiene book test browser results same-numbers clean distclean
+.PHONY: help venv data assets lint hygiene book test browser results bench same-numbers clean distclean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -145,6 +147,8 @@ test: $(VENV_STAMP) $(DATA_STAMP) $(ASSETS_STAMP)  ## everything CI checks, in t
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_hygiene.py
 	step "unit tests + every notebook (pytest --nbval, smoke)"
 	$(BIN)/python -m pytest --nbval -p no:cacheprovider -m "not browser" --durations=15
+	step "tiny benchmark (python -m nbutils.bench --profile tiny)"
+	$(BIN)/python -m nbutils.bench --profile tiny --repeats 1 --steps 3 --out "$$NBUTILS_CKPT/bench"
 	step "clean book build (jupyter-book build -W, smoke) into $(TEST_OUT)"
 	rm -rf $(TEST_OUT)
 	$(BIN)/jupyter-book build . $(JB_FLAGS) --path-output $(TEST_OUT)
@@ -188,6 +192,10 @@ results: $(VENV_STAMP) $(DATA_STAMP)  ## run notebooks headless, write results/<
 	@profile="$${NBUTILS_PROFILE:-$$($(BIN)/python -c 'from nbutils.runtime import profile; print(profile())')}"
 	$(BIN)/python -m nbutils.results --profile "$$profile" $(if $(CHAPTERS),--chapters $(CHAPTERS)) \
 	    $(if $(ARCHIVE),--archive $(ARCHIVE))
+
+bench: $(VENV_STAMP) $(DATA_STAMP)  ## training throughput per family: results/bench-<device>.*
+	@profile=$$($(BIN)/python -c 'import torch; print("gpu" if torch.cuda.is_available() else "cpu")')
+	$(BIN)/python -m nbutils.bench --profile "$$profile" --repeats 3 --steps 40 --subnormals 2000
 
 # Runs every notebook in the smoke profile twice, headless: once from a temporary worktree of
 # commit REF (its own nbutils), once from this tree, and compares the report() numbers (wall

@@ -255,16 +255,21 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--readme",
         action="store_true",
-        help="only rewrite the results table of README.md from results/*.json",
+        help="only rewrite, from results/*.json, the results table of README.md and the "
+        "measured numbers in the notebooks' markdown (their exercises' answers)",
     )
     args = parser.parse_args(argv)
     if args.compare:
         return _compare_files(*args.compare)
     if args.readme:
-        from nbutils.measured import update_readme
+        from nbutils.measured import fill_notebook, update_readme
 
-        changed = update_readme(args.results.resolve().parent)
+        root = args.results.resolve().parent
+        changed = update_readme(root)
         print("README.md results table " + ("rewritten" if changed else "already up to date"))
+        for notebook in sorted(args.book.glob("*.ipynb")):
+            if fill_notebook(root, notebook):
+                print(f"{notebook}: measured numbers rewritten")
         return 0
     if args.profile is None:
         parser.error("--profile is required (unless --compare)")

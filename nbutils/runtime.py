@@ -24,6 +24,7 @@ PROFILES = ("smoke", "cpu", "gpu")
 PROFILE_ENV = "NBUTILS_PROFILE"
 DEVICE_ENV = "NBUTILS_DEVICE"
 DATA_ENV = "NBUTILS_DATA"
+SUBNORMALS_ENV = "NBUTILS_SUBNORMALS"
 CKPT_ENV = "NBUTILS_CKPT"
 
 #: What each profile is for and what it is budgeted to cost per notebook.
@@ -124,7 +125,29 @@ def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 (notebooks may use the legacy global RNG)
     torch.manual_seed(seed)  # also seeds every CUDA device
+    flush_subnormals()
     return torch.Generator().manual_seed(seed)
+
+
+def flush_subnormals(flush: bool | None = None) -> bool:
+    """Treat subnormal floats as zero in CPU arithmetic (``torch.set_flush_denormal``).
+
+    Numbers below about 1.2e-38 in float32 (weights and gradients that decay towards zero,
+    Adam's second moments) are *subnormal*, and most CPUs compute with them tens of times
+    more slowly. Flushing them to zero changes results only at that scale and keeps the step
+    time of a long run flat. :func:`seed_everything` calls this, so every notebook flushes;
+    ``NBUTILS_SUBNORMALS=keep`` (or ``flush=False``) opts out. GPUs are not affected.
+
+    Returns:
+        Whether flushing is now on (False also where the CPU cannot do it).
+    """
+    if flush is None:
+        setting = os.environ.get(SUBNORMALS_ENV, "flush")
+        if setting not in ("flush", "keep"):
+            raise ValueError(f"{SUBNORMALS_ENV} must be 'flush' or 'keep', got {setting!r}")
+        flush = setting == "flush"
+    supported = torch.set_flush_denormal(bool(flush))
+    return bool(flush) and supported
 
 
 def cache_dir() -> Path:

@@ -209,7 +209,7 @@ def fit(
             raise ValueError(f"autocast must be None or torch.bfloat16, got {autocast!r}")
         settings["autocast"] = str(autocast)
     config = {**settings, **canonical_config(config or {}), **_recorded(model, loss_fn, batches)}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = adamw(model, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _schedule(s, steps, warmup, cosine)
     )
@@ -225,6 +225,13 @@ def fit(
         run.restore(state)
     _train(run, steps, clip, path, save_every or max(1, steps // 10), desc or "train")
     return run.history
+
+
+def adamw(model: nn.Module, *, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """The optimiser of :func:`fit`: AdamW, *fused* (one kernel for all parameters) where the
+    model lives on CUDA, the plain loop elsewhere (so CPU results stay bit for bit)."""
+    fused = _device_of(model).type == "cuda"
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
 
 
 def _recorded(model: nn.Module, loss_fn, batches) -> dict[str, str]:

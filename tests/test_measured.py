@@ -16,10 +16,49 @@ ROLE = re.compile(r"\{measured\}`([^`]+)`")
 TABLE = re.compile(r"```\{results-table\}\s*(\d\d)\n(.*?)```", re.DOTALL)
 
 
+NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+
+
+def _markdown(path: Path) -> str:
+    """A note's text, or the markdown cells of a notebook (the exercises' answers quote there)."""
+    if path.suffix != ".ipynb":
+        return path.read_text()
+    cells = json.loads(path.read_text())["cells"]
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+
+
 def references():
     for note in NOTES:
         for ref in ROLE.findall(note.read_text()):
             yield pytest.param(ref, id=f"{note.name}:{ref}")
+    for notebook in NOTEBOOKS:
+        for _, ref in measured.NOTEBOOK_NUMBER.findall(_markdown(notebook)):
+            yield pytest.param(ref, id=f"{notebook.name}:{ref}")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_numbers_in_notebooks_are_those_of_the_results_files(notebook):
+    stale = measured.stale_notebook_numbers(ROOT, notebook)
+    assert not stale, (
+        f"{notebook.name}: numbers differ from results/ (found, expected, source): {stale}; "
+        "run `python -m nbutils.results --readme`"
+    )
+
+
+def test_fill_notebook_rewrites_only_the_marked_numbers(tmp_path):
+    (tmp_path / "results").mkdir()
+    data = {"profile": "cpu", "chapters": {"01": {"metrics": {"nll": {"value": 81.234}}}}}
+    (tmp_path / "results" / "cpu.json").write_text(json.dumps(data))
+    cell = {"cell_type": "markdown", "metadata": {}, "source": ["It scores (80<!-- measured: "
+            "cpu/01/nll|.1f -->) nats,\n", "not 80.\n"]}  # fmt: skip
+    path = tmp_path / "n.ipynb"
+    path.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4}))
+    assert measured.stale_notebook_numbers(tmp_path, path) == [("80", "81.2", "cpu/01/nll|.1f")]
+    assert measured.fill_notebook(tmp_path, path)
+    text = "".join(json.loads(path.read_text())["cells"][0]["source"])
+    assert text == "It scores (81.2<!-- measured: cpu/01/nll|.1f -->) nats,\nnot 80.\n"
+    assert not measured.stale_notebook_numbers(tmp_path, path)
+    assert not measured.fill_notebook(tmp_path, path), "a second fill changes nothing"
 
 
 @pytest.mark.parametrize("ref", list(references()))

@@ -92,3 +92,56 @@ def test_git_commit_sees_changes_anywhere_in_the_checkout_but_results(tmp_path, 
     assert runtime.git_commit(tmp_path / "book") == clean
     (tmp_path / "nbutils" / "f.txt").write_text("b")  # code outside the notebook's folder
     assert runtime.git_commit(tmp_path / "book") == clean + "+dirty"
+
+
+def _is_flushed() -> bool:
+    tiny = torch.tensor([1e-40], dtype=torch.float32)  # a subnormal float32
+    return (tiny * 1.0).item() == 0.0
+
+
+@pytest.fixture
+def subnormals_restored():
+    yield
+    torch.set_flush_denormal(False)  # the process default
+
+
+def test_seed_everything_flushes_subnormals_unless_told_to_keep_them(
+    monkeypatch, subnormals_restored
+):
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormals")
+    torch.set_flush_denormal(False)
+    assert not _is_flushed()
+    runtime.seed_everything(0)
+    assert _is_flushed()
+    monkeypatch.setenv("NBUTILS_SUBNORMALS", "keep")
+    runtime.seed_everything(0)
+    assert not _is_flushed()
+    monkeypatch.setenv("NBUTILS_SUBNORMALS", "sometimes")
+    with pytest.raises(ValueError, match="'flush' or 'keep', got 'sometimes'"):
+        runtime.flush_subnormals()
+
+
+def test_flushing_subnormals_changes_training_only_at_float32_rounding(subnormals_restored):
+    from nbutils.autoregressive import nll_nats_per_image
+    from nbutils.data import Batches
+    from nbutils.made import MADE
+    from nbutils.train import fit
+
+    def train(flush):
+        runtime.flush_subnormals(flush)
+        torch.manual_seed(0)
+        model = MADE(8, hidden=(16,), num_masks=2)
+        with torch.no_grad():  # put subnormal numbers into play
+            model.layers[0].weight[:, :4] = 3e-39
+        assert _is_flushed() == flush
+        data = torch.bernoulli(torch.full((64, 8), 0.3))
+        fit(model, nll_nats_per_image, Batches(data, batch_size=16, seed=1), steps=30, lr=1e-2)
+        return model.state_dict()
+
+    torch.manual_seed(5)
+    kept = train(False)
+    torch.manual_seed(5)
+    flushed = train(True)
+    for name, value in kept.items():
+        torch.testing.assert_close(flushed[name], value, rtol=1e-5, atol=1e-6, msg=name)

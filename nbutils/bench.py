@@ -1,0 +1,296 @@
+"""Training throughput per model family: ``python -m nbutils.bench`` (or ``make bench``).
+
+    python -m nbutils.bench [--profile cpu|gpu|tiny] [--repeats 3] [--steps 40] [--only MADE]
+
+For every family, the model, loss, batch size and data view that a chapter trains in the
+profile asked for are trained twice from the same seed: once by :func:`nbutils.train.fit`
+(without a checkpoint file) and once by a **bare loop** that does nothing but the loss,
+``zero_grad``, ``backward``, the AdamW step and the same learning-rate schedule. Both start
+from identical weights and batches and end with identical weights (a unit test checks it), so
+the ratio of their times is what ``fit`` itself costs: its per-step loss read-out, progress
+bar, bookkeeping and the digests it records once at the start.
+
+Each measurement is repeated ``--repeats`` times (alternating the two loops, so that a
+machine that slows down hurts both) and reported as the median with the spread (min to max).
+The table goes to ``results/bench-<device>.json`` and ``.md``; the ``tiny`` profile is the
+seconds-long configuration that ``make test`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+from nbutils.runtime import device as default_device
+from nbutils.runtime import flush_subnormals, git_commit, machine, synchronize
+from nbutils.train import _schedule, adamw, fit
+
+
+@dataclass(frozen=True)
+class Case:
+    """One family as a chapter trains it: ``build()`` -> model; ``loss(model, batch)``;
+    ``data(device)`` -> a fresh :class:`nbutils.data.Batches`; ``batch`` rows per step."""
+
+    name: str
+    chapter: str
+    build: Callable
+    loss: Callable
+    data: Callable
+    batch: int
+    lr: float = 1e-3
+
+
+def _mnist_batches(transform, batch: int, n: int | None = None):
+    """Batches of the MNIST training images (the first n) under a view, made on ``device``."""
+
+    def make(device):
+        from nbutils.data import Batches, load_mnist
+
+        images, _ = load_mnist("train", download=True)
+        return Batches(images[:n], batch_size=batch, transform=transform, seed=0, device=device)
+
+    return make
+
+
+def cases(profile: str) -> list[Case]:
+    """The configurations the notebooks train in ``profile`` (``tiny``: a quick stand-in)."""
+    from nbutils.autoregressive import FVSBN, NADE, nll_nats_per_image
+    from nbutils.data import binarized, dequantized, grey_levels, symmetric
+    from nbutils.flows import (
+        Flow,
+        StandardLogistic,
+        checkerboard_partition,
+        mlp_conditioner,
+        nice,
+        nll_nats_per_dim,
+    )
+    from nbutils.made import MADE
+    from nbutils.nn import UNet
+    from nbutils.pixelcnn import CategoricalPixelCNN, GatedPixelCNN, PixelCNN, nll_nats_per_pixel
+    from nbutils.rectified import flow_matching_loss
+
+    def size(cpu, gpu, tiny):
+        return {"cpu": cpu, "gpu": gpu, "tiny": tiny}[profile]
+
+    def nice_flow(hidden, depth):
+        return lambda: Flow(
+            nice((1, 28, 28), couplings=4, conditioner=mlp_conditioner(hidden, depth),
+                 partition=checkerboard_partition),
+            StandardLogistic(),
+        )  # fmt: skip
+
+    n = size(None, None, 2_000)  # the tiny profile reads a slice of the training set
+    binary = nll_nats_per_image
+    return [
+        Case("FVSBN", "01", lambda: FVSBN(), binary,
+             _mnist_batches(binarized, size(128, 256, 32), n), size(128, 256, 32), 5e-3),
+        Case("NADE", "01", lambda: NADE(hidden=size(64, 500, 16)), binary,
+             _mnist_batches(binarized, size(64, 256, 16), n), size(64, 256, 16), 4e-3),
+        Case("MADE", "01",
+             lambda: MADE(hidden=size((500,), (1000, 1000), (32,)),
+                          num_masks=size(4, 8, 2), direct=True),
+             binary, _mnist_batches(binarized, size(128, 512, 32), n), size(128, 512, 32), 3e-3),
+        Case("PixelCNN", "01",
+             size(lambda: PixelCNN(channels=16, layers=8),
+                  lambda: GatedPixelCNN(channels=128, layers=10),
+                  lambda: GatedPixelCNN(channels=8, layers=1)),
+             binary, _mnist_batches(binarized, size(32, 128, 8), n), size(32, 128, 8), 2e-3),
+        Case("PixelCNN-256", "01",
+             lambda: CategoricalPixelCNN(channels=size(16, 64, 8), layers=size(3, 8, 1)),
+             nll_nats_per_pixel, _mnist_batches(grey_levels, size(32, 256, 8), n),
+             size(32, 256, 8), 2e-3),
+        Case("NICE", "02", nice_flow(size(256, 1000, 64), size(3, 5, 2)), nll_nats_per_dim,
+             _mnist_batches(dequantized, size(128, 256, 64), n), size(128, 256, 64), 3e-3),
+        Case("rectified flow U-Net", "07",
+             lambda: UNet(channels=size((16, 32, 32), (32, 64, 128), (8, 16, 16)),
+                          attention=size(False, True, False)),
+             flow_matching_loss, _mnist_batches(symmetric, size(64, 256, 16), n),
+             size(64, 256, 16), 2e-3),
+    ]  # fmt: skip
+
+
+def bare_loop(model, loss_fn, batches, *, steps: int, lr: float, warmup: int = 0,
+              stamps: list | None = None) -> None:  # fmt: skip
+    """The reference: loss, zero_grad, backward, AdamW step, schedule; nothing else.
+
+    The same optimiser and learning-rate schedule as :func:`nbutils.train.fit`, so that both
+    reach the same weights from the same start. ``stamps``, if given, receives the clock
+    after every step (for :func:`subnormal_slowdown`; the CPU clock, so no GPU sync).
+    """
+    optimizer = adamw(model, lr=lr)  # fit's own optimiser (fused on CUDA)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _schedule(s, steps, warmup, True)
+    )
+    model.train()
+    for batch in islice(batches, steps):
+        loss = loss_fn(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if stamps is not None:
+            stamps.append(time.perf_counter())
+    model.eval()
+
+
+def _timed(run: Callable, device) -> float:
+    synchronize(device)
+    started = time.perf_counter()
+    run()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def measure(case: Case, *, steps: int, repeats: int, device) -> dict:
+    """Median and spread of seconds per step for fit() and the bare loop, and their ratio."""
+    times = {"fit": [], "bare": []}
+    torch.manual_seed(0)  # warm-up, untimed: first-call costs (kernel choice, lazy buffers)
+    bare_loop(case.build().to(device), case.loss, case.data(device), steps=2, lr=case.lr)
+    for _ in range(repeats):
+        for kind in ("bare", "fit"):
+            torch.manual_seed(0)
+            model = case.build().to(device)
+            batches = case.data(device)
+            loop = bare_loop if kind == "bare" else functools.partial(fit, desc=case.name)
+            run = functools.partial(loop, model, case.loss, batches, steps=steps, lr=case.lr)
+            times[kind].append(_timed(run, device) / steps)
+    fit_s, bare_s = statistics.median(times["fit"]), statistics.median(times["bare"])
+    return {
+        "family": case.name,
+        "chapter": case.chapter,
+        "batch": case.batch,
+        "steps": steps,
+        "repeats": repeats,
+        "fit ms/step": 1000 * fit_s,
+        "fit ms/step spread": [1000 * min(times["fit"]), 1000 * max(times["fit"])],
+        "bare ms/step": 1000 * bare_s,
+        "bare ms/step spread": [1000 * min(times["bare"]), 1000 * max(times["bare"])],
+        "fit images/s": case.batch / fit_s,
+        "bare images/s": case.batch / bare_s,
+        "overhead (fit / bare)": fit_s / bare_s,
+    }
+
+
+def subnormal_slowdown(case: Case, *, steps: int, window: int, device) -> dict:
+    """ms/step over the first and the last ``window`` steps of a ``steps``-step bare run,
+    with subnormal floats kept and flushed (:func:`nbutils.runtime.flush_subnormals`)."""
+    out = {}
+    for flush in (False, True):
+        flush_subnormals(flush)
+        torch.manual_seed(0)
+        model, batches = case.build().to(device), case.data(device)
+        stamps = [time.perf_counter()]
+        bare_loop(model, case.loss, batches, steps=steps, lr=case.lr, stamps=stamps)
+        first = (stamps[window] - stamps[0]) / window
+        last = (stamps[-1] - stamps[-1 - window]) / window
+        kind = "flushed" if flush else "kept"
+        out[f"subnormals {kind}: ms/step, first {window} steps"] = 1000 * first
+        out[f"subnormals {kind}: ms/step, last {window} steps"] = 1000 * last
+    flush_subnormals()  # back to the package's default
+    out["family"], out["steps"] = case.name, steps
+    return out
+
+
+def render_markdown(report: dict) -> str:
+    head = (f"Training throughput, profile `{report['profile']}` on {report['device']} "
+            f"({report['threads']} threads), commit {report['commit']}, {report['date']}. "
+            "Median of the repeats, spread min-max in brackets.\n\n")  # fmt: skip
+    lines = [
+        "| family | ch. | batch | fit ms/step | bare ms/step | fit images/s | overhead |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        fs, bs = r["fit ms/step spread"], r["bare ms/step spread"]
+        lines.append(
+            f"| {r['family']} | {r['chapter']} | {r['batch']} | {r['fit ms/step']:.2f} "
+            f"[{fs[0]:.2f}-{fs[1]:.2f}] | {r['bare ms/step']:.2f} [{bs[0]:.2f}-{bs[1]:.2f}] | "
+            f"{r['fit images/s']:.0f} | {r['overhead (fit / bare)']:.3f} |"
+        )
+    text = head + "\n".join(lines) + "\n"
+    sub = report.get("subnormals")
+    if sub:
+        text += f"\nSubnormal floats, {sub['family']}, {sub['steps']} steps of the bare loop:\n\n"
+        text += "".join(f"- {k}: {v:.2f}\n" for k, v in sub.items() if k.startswith("subnormals"))
+    return text
+
+
+def _metrics(rows: list[dict], subnormals: dict | None) -> dict:
+    metrics = {}
+    for r in rows:
+        metrics[f"{r['family']}: fit images/s"] = {"value": r["fit images/s"], "unit": "images/s"}
+        metrics[f"{r['family']}: fit / bare"] = {"value": r["overhead (fit / bare)"]}
+    for key, value in (subnormals or {}).items():
+        if key.startswith("subnormals"):
+            metrics[key] = {"value": value, "unit": "ms/step"}
+    return metrics
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nbutils.bench", description=__doc__)
+    parser.add_argument("--profile", choices=("cpu", "gpu", "tiny"), default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
+    parser.add_argument("--only", help="comma-separated family names")
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument(
+        "--subnormals",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also time a MADE run of STEPS steps with subnormals kept and flushed",
+    )
+    args = parser.parse_args(argv)
+    device = default_device()
+    chosen = cases(args.profile)
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",")]
+        unknown = set(wanted) - {c.name for c in chosen}
+        if unknown:
+            raise SystemExit(
+                f"unknown families {sorted(unknown)}; known: {[c.name for c in chosen]}"
+            )
+        chosen = [c for c in chosen if c.name in wanted]
+    rows = []
+    for case in chosen:
+        row = measure(case, steps=args.steps, repeats=args.repeats, device=device)
+        rows.append(row)
+        print(f"{case.name:<22} fit {row['fit ms/step']:8.2f} ms/step, bare "
+              f"{row['bare ms/step']:8.2f}, ratio {row['overhead (fit / bare)']:.3f}")  # fmt: skip
+    subnormals = None
+    if args.subnormals:
+        made = next(c for c in cases(args.profile) if c.name == "MADE")
+        window = max(1, min(100, args.subnormals // 5))
+        subnormals = subnormal_slowdown(made, steps=args.subnormals, window=window, device=device)
+        print(subnormals)
+    report = {
+        "profile": args.profile,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "rows": rows,
+        "subnormals": subnormals,
+        "metrics": _metrics(rows, subnormals),  # what notes quote with the measured role
+    }
+    name = f"bench-{device.type}" + ("-tiny" if args.profile == "tiny" else "")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{name}.md").write_text(render_markdown(report))
+    print(f"wrote {args.out / name}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The benchmark compares like with like: its bare loop and fit() reach the same weights from
+the same start, and the whole command runs and writes its table."""
+
+import json
+
+import torch
+
+from nbutils import bench
+from nbutils.autoregressive import nll_nats_per_image
+from nbutils.data import Batches
+from nbutils.made import MADE
+from nbutils.train import fit
+
+
+def _setup():
+    torch.manual_seed(0)
+    model = MADE(6, hidden=(16,), num_masks=2)
+    images = torch.randint(0, 256, (64, 6), dtype=torch.uint8)
+    batches = Batches(images.float().round().clamp(0, 1), batch_size=8, seed=3)
+    return model, batches
+
+
+def test_the_bare_loop_and_fit_reach_the_same_weights(one_thread):
+    model_a, batches_a = _setup()
+    model_b, batches_b = _setup()
+    bench.bare_loop(model_a, nll_nats_per_image, batches_a, steps=12, lr=3e-3)
+    fit(model_b, nll_nats_per_image, batches_b, steps=12, lr=3e-3)
+    pairs = zip(model_a.state_dict().items(), model_b.state_dict().values(), strict=True)
+    for (name, a), b in pairs:
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    moved = _setup()[0].state_dict()["layers.0.weight"]
+    assert not torch.equal(model_a.state_dict()["layers.0.weight"], moved), "nothing trained"
+
+
+def test_the_tiny_benchmark_runs_and_writes_its_table(tmp_path, monkeypatch, one_thread):
+    small = [bench.Case("MADE", "01", lambda: MADE(6, hidden=(16,)), nll_nats_per_image,
+                        lambda device: Batches(torch.zeros(64, 6), batch_size=8, device=device),
+                        8)]  # fmt: skip
+    monkeypatch.setattr(bench, "cases", lambda profile: small)
+    assert bench.main(["--profile", "tiny", "--repeats", "2", "--steps", "3", "--out",
+                       str(tmp_path)]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "bench-cpu-tiny.json").read_text())
+    (row,) = report["rows"]
+    assert row["family"] == "MADE" and row["repeats"] == 2
+    lo, hi = row["fit ms/step spread"]
+    assert lo <= row["fit ms/step"] <= hi
+    assert abs(row["overhead (fit / bare)"] - row["fit ms/step"] / row["bare ms/step"]) < 1e-9
+    assert "| MADE | 01 | 8 |" in (tmp_path / "bench-cpu-tiny.md").read_text()
+
+
+def test_every_profile_lists_every_family():
+    names = {p: [c.name for c in bench.cases(p)] for p in ("cpu", "gpu", "tiny")}
+    assert names["cpu"] == names["gpu"] == names["tiny"]
+    assert {"MADE", "PixelCNN", "NICE", "rectified flow U-Net"} <= set(names["cpu"])
