@@ -49,6 +49,12 @@ class Case:
     data: Callable
     batch: int
     lr: float = 1e-3
+    conv: bool = False  # a convolutional net: the channels_last variant applies
+
+
+#: What each variant changes: bfloat16 autocast of the forward pass and loss, and
+#: channels_last memory format for convolutional nets (the GPU fast path).
+VARIANTS = ("fp32", "bf16", "bf16+channels_last")
 
 
 def _mnist_batches(transform, batch: int, n: int | None = None):
@@ -105,23 +111,23 @@ def cases(profile: str) -> list[Case]:
              size(lambda: PixelCNN(channels=16, layers=8),
                   lambda: GatedPixelCNN(channels=128, layers=10),
                   lambda: GatedPixelCNN(channels=8, layers=1)),
-             binary, _mnist_batches(binarized, size(32, 128, 8), n), size(32, 128, 8), 2e-3),
+             binary, _mnist_batches(binarized, size(32, 128, 8), n), size(32, 128, 8), 2e-3, True),
         Case("PixelCNN-256", "01",
              lambda: CategoricalPixelCNN(channels=size(16, 64, 8), layers=size(3, 8, 1)),
              nll_nats_per_pixel, _mnist_batches(grey_levels, size(32, 256, 8), n),
-             size(32, 256, 8), 2e-3),
+             size(32, 256, 8), 2e-3, True),
         Case("NICE", "02", nice_flow(size(256, 1000, 64), size(3, 5, 2)), nll_nats_per_dim,
              _mnist_batches(dequantized, size(128, 256, 64), n), size(128, 256, 64), 3e-3),
         Case("rectified flow U-Net", "07",
              lambda: UNet(channels=size((16, 32, 32), (32, 64, 128), (8, 16, 16)),
                           attention=size(False, True, False)),
              flow_matching_loss, _mnist_batches(symmetric, size(64, 256, 16), n),
-             size(64, 256, 16), 2e-3),
+             size(64, 256, 16), 2e-3, True),
     ]  # fmt: skip
 
 
 def bare_loop(model, loss_fn, batches, *, steps: int, lr: float, warmup: int = 0,
-              stamps: list | None = None) -> None:  # fmt: skip
+              autocast: torch.dtype | None = None, stamps: list | None = None) -> None:  # fmt: skip
     """The reference: loss, zero_grad, backward, AdamW step, schedule; nothing else.
 
     The same optimiser and learning-rate schedule as :func:`nbutils.train.fit`, so that both
@@ -133,8 +139,10 @@ def bare_loop(model, loss_fn, batches, *, steps: int, lr: float, warmup: int = 0
         optimizer, lambda s: _schedule(s, steps, warmup, True)
     )
     model.train()
+    where = next(model.parameters()).device.type
     for batch in islice(batches, steps):
-        loss = loss_fn(model, batch)
+        with torch.autocast(where, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            loss = loss_fn(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -152,22 +160,33 @@ def _timed(run: Callable, device) -> float:
     return time.perf_counter() - started
 
 
-def measure(case: Case, *, steps: int, repeats: int, device) -> dict:
+def _model(case: Case, variant: str, device) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = case.build().to(device)
+    if "channels_last" in variant:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def measure(case: Case, *, steps: int, repeats: int, device, variant: str = "fp32") -> dict:
     """Median and spread of seconds per step for fit() and the bare loop, and their ratio."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    autocast = torch.bfloat16 if variant.startswith("bf16") else None
+    common = dict(steps=steps, lr=case.lr, autocast=autocast)
     times = {"fit": [], "bare": []}
-    torch.manual_seed(0)  # warm-up, untimed: first-call costs (kernel choice, lazy buffers)
-    bare_loop(case.build().to(device), case.loss, case.data(device), steps=2, lr=case.lr)
+    # warm-up, untimed: first-call costs (kernel choice, lazy buffers)
+    bare_loop(_model(case, variant, device), case.loss, case.data(device), **{**common, "steps": 2})
     for _ in range(repeats):
         for kind in ("bare", "fit"):
-            torch.manual_seed(0)
-            model = case.build().to(device)
-            batches = case.data(device)
+            model, batches = _model(case, variant, device), case.data(device)
             loop = bare_loop if kind == "bare" else functools.partial(fit, desc=case.name)
-            run = functools.partial(loop, model, case.loss, batches, steps=steps, lr=case.lr)
+            run = functools.partial(loop, model, case.loss, batches, **common)
             times[kind].append(_timed(run, device) / steps)
     fit_s, bare_s = statistics.median(times["fit"]), statistics.median(times["bare"])
     return {
         "family": case.name,
+        "variant": variant,
         "chapter": case.chapter,
         "batch": case.batch,
         "steps": steps,
@@ -207,13 +226,15 @@ def render_markdown(report: dict) -> str:
             f"({report['threads']} threads), commit {report['commit']}, {report['date']}. "
             "Median of the repeats, spread min-max in brackets.\n\n")  # fmt: skip
     lines = [
-        "| family | ch. | batch | fit ms/step | bare ms/step | fit images/s | overhead |",
-        "|---|---|---|---|---|---|---|",
+        "| family | variant | ch. | batch | fit ms/step | bare ms/step | fit images/s "
+        "| fit / bare |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         fs, bs = r["fit ms/step spread"], r["bare ms/step spread"]
         lines.append(
-            f"| {r['family']} | {r['chapter']} | {r['batch']} | {r['fit ms/step']:.2f} "
+            f"| {r['family']} | {r['variant']} | {r['chapter']} | {r['batch']} "
+            f"| {r['fit ms/step']:.2f} "
             f"[{fs[0]:.2f}-{fs[1]:.2f}] | {r['bare ms/step']:.2f} [{bs[0]:.2f}-{bs[1]:.2f}] | "
             f"{r['fit images/s']:.0f} | {r['overhead (fit / bare)']:.3f} |"
         )
@@ -228,8 +249,9 @@ def render_markdown(report: dict) -> str:
 def _metrics(rows: list[dict], subnormals: dict | None) -> dict:
     metrics = {}
     for r in rows:
-        metrics[f"{r['family']}: fit images/s"] = {"value": r["fit images/s"], "unit": "images/s"}
-        metrics[f"{r['family']}: fit / bare"] = {"value": r["overhead (fit / bare)"]}
+        name = f"{r['family']}, {r['variant']}"
+        metrics[f"{name}: fit images/s"] = {"value": r["fit images/s"], "unit": "images/s"}
+        metrics[f"{name}: fit / bare"] = {"value": r["overhead (fit / bare)"]}
     for key, value in (subnormals or {}).items():
         if key.startswith("subnormals"):
             metrics[key] = {"value": value, "unit": "ms/step"}
@@ -242,6 +264,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
     parser.add_argument("--only", help="comma-separated family names")
+    parser.add_argument(
+        "--variants",
+        help=f"comma-separated, from {', '.join(VARIANTS)} (default: fp32 on the CPU, all on CUDA)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument(
         "--subnormals",
@@ -261,11 +287,16 @@ def main(argv=None) -> int:
                 f"unknown families {sorted(unknown)}; known: {[c.name for c in chosen]}"
             )
         chosen = [c for c in chosen if c.name in wanted]
+    variants = (args.variants or ("fp32" if device.type == "cpu" else ",".join(VARIANTS))).split(
+        ","
+    )
     rows = []
-    for case in chosen:
-        row = measure(case, steps=args.steps, repeats=args.repeats, device=device)
+    for case, variant in ((c, v) for c in chosen for v in variants):
+        if "channels_last" in variant and not case.conv:
+            continue
+        row = measure(case, steps=args.steps, repeats=args.repeats, device=device, variant=variant)
         rows.append(row)
-        print(f"{case.name:<22} fit {row['fit ms/step']:8.2f} ms/step, bare "
+        print(f"{case.name:<22} {variant:<19} fit {row['fit ms/step']:8.2f} ms/step, bare "
               f"{row['bare ms/step']:8.2f}, ratio {row['overhead (fit / bare)']:.3f}")  # fmt: skip
     subnormals = None
     if args.subnormals:

@@ -65,7 +65,8 @@ class MADE(Autoregressive):
         self.class_bias = _class_table(self.num_classes, self.dim)
         self.direct = MaskedLinear(self.dim, self.dim, bias=False) if direct else None
         self.register_buffer("mask_index", torch.tensor(0))
-        self.set_mask(0, fresh=True)
+        self._cache: dict = {}  # (k, device, dtype) -> order, layer masks, direct mask
+        self.set_mask(0)
 
     def degrees(self, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Order (D,) and unit degrees [inputs (D,), hidden_1 (h1,), ...] of mask k."""
@@ -83,25 +84,48 @@ class MADE(Autoregressive):
         return order, degrees
 
     @torch.no_grad()
-    def set_mask(self, k: int, fresh: bool = False) -> None:
+    def set_mask(self, k: int) -> None:
         """Install mask k (0 <= k < num_masks): its order and the connectivity masks of every
         layer."""
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_masks:
             raise ValueError(f"mask index must be an int in [0, {self.num_masks}), got {k!r}")
-        order, degrees = self.degrees(k)
-        degrees = [d.to(self.order.device) for d in degrees]  # build the masks where they live
-        for layer, d_in, d_out in zip(self.layers[:-1], degrees[:-1], degrees[1:], strict=True):
-            layer.mask.copy_(d_out[:, None] >= d_in[None, :])
-        self.layers[-1].mask.copy_(degrees[0][:, None] > degrees[-1][None, :])
-        if self.direct is not None and (fresh or not torch.equal(order, self.order.cpu())):
-            self.direct.mask.copy_(degrees[0][:, None] > degrees[0][None, :])  # same order: kept
+        order, masks = self._connectivity(k)
+        for layer, mask in zip(self.layers, masks, strict=True):
+            layer.mask.copy_(mask)
+        if self.direct is not None:
+            self.direct.mask.copy_(self._direct_mask(k))
         self.order.copy_(order)
-        self.mask_index.fill_(int(k))
+        self.mask_index.fill_(k)
+        self._index = k
+
+    def _connectivity(self, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Order and layer masks of connectivity k, built once where the model lives and kept
+        (training cycles through them every step; no host round trip, no sync on a GPU)."""
+        device, dtype = self.order.device, self.layers[0].mask.dtype
+        key = (k, device, dtype)
+        if key not in self._cache:
+            order, degrees = self.degrees(k)
+            degrees = [d.to(device) for d in degrees]
+            masks = [
+                (d_out[:, None] >= d_in[None, :]).to(dtype)
+                for d_in, d_out in zip(degrees[:-1], degrees[1:], strict=True)
+            ]
+            masks.append((degrees[0][:, None] > degrees[-1][None, :]).to(dtype))
+            direct = (degrees[0][:, None] > degrees[0][None, :]).to(dtype)
+            self._cache[key] = (order.to(device), masks, direct)
+        return self._cache[key][:2]
+
+    def _direct_mask(self, k: int) -> torch.Tensor:
+        return self._cache[(k, self.order.device, self.layers[0].mask.dtype)][2]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._index = int(self.mask_index)  # the Python copy that resample_masks reads
 
     def resample_masks(self) -> None:
         """Cycle to the next of the ``num_masks`` training masks."""
         if self.num_masks > 1:
-            self.set_mask((int(self.mask_index) + 1) % self.num_masks)
+            self.set_mask((self._index + 1) % self.num_masks)
 
     def output_bias(self):
         return self.layers[-1].bias

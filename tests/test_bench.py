@@ -45,10 +45,26 @@ def test_the_tiny_benchmark_runs_and_writes_its_table(tmp_path, monkeypatch, one
     lo, hi = row["fit ms/step spread"]
     assert lo <= row["fit ms/step"] <= hi
     assert abs(row["overhead (fit / bare)"] - row["fit ms/step"] / row["bare ms/step"]) < 1e-9
-    assert "| MADE | 01 | 8 |" in (tmp_path / "bench-cpu-tiny.md").read_text()
+    assert "| MADE | fp32 | 01 | 8 |" in (tmp_path / "bench-cpu-tiny.md").read_text()
 
 
 def test_every_profile_lists_every_family():
     names = {p: [c.name for c in bench.cases(p)] for p in ("cpu", "gpu", "tiny")}
     assert names["cpu"] == names["gpu"] == names["tiny"]
     assert {"MADE", "PixelCNN", "NICE", "rectified flow U-Net"} <= set(names["cpu"])
+
+
+def test_the_gpu_variants_run_anywhere_and_unknown_ones_are_refused(one_thread):
+    import pytest
+
+    from nbutils.pixelcnn import PixelCNN
+
+    case = bench.Case("PixelCNN", "01", lambda: PixelCNN(4, 4, channels=4, layers=1),
+                      nll_nats_per_image,
+                      lambda device: Batches(torch.zeros(16, 1, 4, 4), batch_size=4,
+                                             device=device), 4, conv=True)  # fmt: skip
+    row = bench.measure(case, steps=2, repeats=1, device=torch.device("cpu"),
+                        variant="bf16+channels_last")  # fmt: skip
+    assert row["variant"] == "bf16+channels_last" and row["fit ms/step"] > 0
+    with pytest.raises(ValueError, match="variant must be one of"):
+        bench.measure(case, steps=2, repeats=1, device=torch.device("cpu"), variant="fp8")
