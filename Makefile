@@ -195,7 +195,7 @@ results: $(VENV_STAMP) $(DATA_STAMP)  ## run notebooks headless, write results/<
 
 bench: $(VENV_STAMP) $(DATA_STAMP)  ## training throughput per family: results/bench-<device>.*
 	@profile=$$($(BIN)/python -c 'import torch; print("gpu" if torch.cuda.is_available() else "cpu")')
-	$(BIN)/python -m nbutils.bench --profile "$$profile" --repeats 3 --steps 40 --subnormals 2000
+	$(BIN)/python -m nbutils.bench --profile "$$profile" --repeats 3 --steps 40 $$( [ "$$profile" = cpu ] && echo --subnormals 2000 )
 
 # Runs every notebook in the smoke profile twice, headless: once from a temporary worktree of
 # commit REF (its own nbutils), once from this tree, and compares the report() numbers (wall

@@ -23,6 +23,7 @@ import datetime
 import functools
 import json
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -201,23 +202,36 @@ def measure(case: Case, *, steps: int, repeats: int, device, variant: str = "fp3
     }
 
 
-def subnormal_slowdown(case: Case, *, steps: int, window: int, device) -> dict:
-    """ms/step over the first and the last ``window`` steps of a ``steps``-step bare run,
-    with subnormal floats kept and flushed (:func:`nbutils.runtime.flush_subnormals`)."""
-    out = {}
-    for flush in (False, True):
-        flush_subnormals(flush)
-        torch.manual_seed(0)
-        model, batches = case.build().to(device), case.data(device)
-        stamps = [time.perf_counter()]
-        bare_loop(model, case.loss, batches, steps=steps, lr=case.lr, stamps=stamps)
-        first = (stamps[window] - stamps[0]) / window
-        last = (stamps[-1] - stamps[-1 - window]) / window
-        kind = "flushed" if flush else "kept"
-        out[f"subnormals {kind}: ms/step, first {window} steps"] = 1000 * first
-        out[f"subnormals {kind}: ms/step, last {window} steps"] = 1000 * last
-    flush_subnormals()  # back to the package's default
-    out["family"], out["steps"] = case.name, steps
+SUBNORMAL_WINDOW = 100  # steps averaged at the start and at the end of the run
+
+
+def _subnormal_run(case: Case, steps: int, device) -> tuple[float, float]:
+    """Seconds per step over the first and the last :data:`SUBNORMAL_WINDOW` steps."""
+    torch.manual_seed(0)
+    model, batches = case.build().to(device), case.data(device)
+    stamps = [time.perf_counter()]
+    bare_loop(model, case.loss, batches, steps=steps, lr=case.lr, stamps=stamps)
+    window = SUBNORMAL_WINDOW
+    return (stamps[window] - stamps[0]) / window, (stamps[-1] - stamps[-1 - window]) / window
+
+
+def subnormal_slowdown(profile: str, *, steps: int) -> dict:
+    """ms/step of MADE's first and last steps of a ``steps``-step bare run, with subnormal
+    floats kept and flushed (:func:`nbutils.runtime.flush_subnormals`).
+
+    Each setting runs in a fresh process that sets it before any thread exists: the mode is
+    a property of each CPU thread, and worker threads keep the mode they started with.
+    """
+    if steps < 2 * SUBNORMAL_WINDOW:
+        raise ValueError(f"--subnormals needs at least {2 * SUBNORMAL_WINDOW} steps, got {steps}")
+    out = {"family": "MADE", "steps": steps}
+    for kind in ("kept", "flushed"):
+        cmd = [sys.executable, "-m", "nbutils.bench", "--profile", profile,
+               "--subnormal-child", kind, "--steps", str(steps)]  # fmt: skip
+        first, last = json.loads(subprocess.run(cmd, check=True, capture_output=True,
+                                                text=True).stdout.splitlines()[-1])  # fmt: skip
+        out[f"subnormals {kind}: ms/step, first {SUBNORMAL_WINDOW} steps"] = 1000 * first
+        out[f"subnormals {kind}: ms/step, last {SUBNORMAL_WINDOW} steps"] = 1000 * last
     return out
 
 
@@ -276,7 +290,13 @@ def main(argv=None) -> int:
         metavar="STEPS",
         help="also time a MADE run of STEPS steps with subnormals kept and flushed",
     )
+    parser.add_argument("--subnormal-child", choices=("kept", "flushed"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.subnormal_child:  # first thing, before torch starts any worker thread
+        flush_subnormals(args.subnormal_child == "flushed")
+        made = next(c for c in cases(args.profile) if c.name == "MADE")
+        print(json.dumps(_subnormal_run(made, args.steps, default_device())))
+        return 0
     device = default_device()
     chosen = cases(args.profile)
     if args.only:
@@ -300,9 +320,7 @@ def main(argv=None) -> int:
               f"{row['bare ms/step']:8.2f}, ratio {row['overhead (fit / bare)']:.3f}")  # fmt: skip
     subnormals = None
     if args.subnormals:
-        made = next(c for c in cases(args.profile) if c.name == "MADE")
-        window = max(1, min(100, args.subnormals // 5))
-        subnormals = subnormal_slowdown(made, steps=args.subnormals, window=window, device=device)
+        subnormals = subnormal_slowdown(args.profile, steps=args.subnormals)
         print(subnormals)
     report = {
         "profile": args.profile,

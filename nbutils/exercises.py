@@ -9,9 +9,12 @@ longer matters (``until``: text from that cell), and a few lines that read off t
 (``measure``, which must set a dict ``answer`` of name -> number or text). The runner applies
 the edits to a copy of the code cells, runs them headless (:mod:`nbutils.run`) in a fresh
 process with the profile asked for, and records the answer in
-``results/exercises/<profile>.json``; each notebook's collapsed answers quote it with the
-``{measured}`` role (``exercises:cpu/02.3/test bits/dim``), so an answer is a measurement,
-never a guess.
+``results/exercises/<profile>.json``. Each notebook's collapsed answers carry those numbers,
+each followed by a comment naming its source (``5.611<!-- measured: exercises:cpu/02.1/test
+bits/dim|.3f -->``, see :mod:`nbutils.measured`), which ``python -m nbutils.results
+--readme`` rewrites and a test checks: an answer is a measurement, never a guess.
+
+Edits are made one after another, each on the cells as the previous edits left them.
 
 All exercises of one call share one checkpoint folder, so a model that an edit leaves
 unchanged is trained once and reused (the checkpoint key is the configuration's hash, see
@@ -32,6 +35,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from nbutils.checkpoint import atomic_write
 from nbutils.run import code_cells
 from nbutils.runtime import PROFILES, git_commit, machine
 
@@ -76,8 +80,11 @@ def load_exercises(path: str | os.PathLike) -> dict[str, Exercise]:
         if key in found:
             raise ExerciseError(f"exercise {key} appears twice in {path}")
         edits = item.get("edits", [])
-        if not all(isinstance(e, list) and len(e) == 2 for e in edits):
-            raise ExerciseError(f"exercise {key}: every edit must be a pair [old, new]")
+        if not all(
+            isinstance(e, list) and len(e) == 2 and all(isinstance(t, str) for t in e)
+            for e in edits
+        ):
+            raise ExerciseError(f"exercise {key}: every edit must be a pair of texts [old, new]")
         found[key] = Exercise(key, item["title"], tuple(map(tuple, edits)), item["until"],
                               item["measure"])  # fmt: skip
     return found
@@ -169,8 +176,8 @@ def merge_entry(path: Path, profile: str, key: str, entry: dict) -> None:
     data = json.loads(path.read_text()) if path.exists() else {"profile": profile, "chapters": {}}
     data["chapters"][key] = entry
     data["chapters"] = dict(sorted(data["chapters"].items()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    text = (json.dumps(data, indent=2) + "\n").encode()
+    atomic_write(path, lambda f: f.write(text))  # a killed run never leaves half a file
 
 
 def main(argv=None) -> int:

@@ -5,6 +5,7 @@ mixture of its connectivity masks at test time (:func:`ensemble_log_prob`).
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 from torch import nn
@@ -85,10 +86,15 @@ class MADE(Autoregressive):
 
     @torch.no_grad()
     def set_mask(self, k: int) -> None:
-        """Install mask k (0 <= k < num_masks): its order and the connectivity masks of every
-        layer."""
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_masks:
-            raise ValueError(f"mask index must be an int in [0, {self.num_masks}), got {k!r}")
+        """Install connectivity k >= 0: its order and the masks of every layer. Training
+        cycles through k < num_masks; any other k is a valid but untrained connectivity."""
+        try:
+            index = operator.index(k)  # ints, and NumPy or 0-d torch integers
+        except TypeError:
+            index = -1
+        if isinstance(k, bool) or index < 0:
+            raise ValueError(f"mask index must be an integer >= 0, got {k!r}")
+        k = index
         order, masks = self._connectivity(k)
         for layer, mask in zip(self.layers, masks, strict=True):
             layer.mask.copy_(mask)

@@ -210,13 +210,15 @@ class CategoricalPixelCNN(nn.Module):
 
     @torch.no_grad()
     def init_marginals(self, probs: torch.Tensor) -> None:
-        """Set the head's bias to log(probs), (levels,) level frequencies of the training set:
-        the model then starts as independent pixels with the data's histogram."""
+        """Set the head's bias to log(probs), (levels,) level frequencies of the training set,
+        and its weights to zero: the model then starts as exactly the independent pixels with
+        the data's histogram (the head's weights get gradients from the first step)."""
         bias = self.head[-1].bias
         check_tensor(probs, "probs", shape=(self.levels,), floating=True, finite=True)
         if (probs < 0).any() or abs(probs.sum().item() - 1) > 1e-3:
             raise ValueError(f"probs must be non-negative and sum to 1, got sum {probs.sum():.4g}")
         bias.copy_(probs.to(bias).clamp_min(1e-8).log())
+        self.head[-1].weight.zero_()
 
     def check_levels(self, x: torch.Tensor) -> None:
         """Raise a clear error unless ``x`` is an integer tensor (B, 1, H, W) in [0, levels)."""

@@ -68,3 +68,14 @@ def test_the_gpu_variants_run_anywhere_and_unknown_ones_are_refused(one_thread):
     assert row["variant"] == "bf16+channels_last" and row["fit ms/step"] > 0
     with pytest.raises(ValueError, match="variant must be one of"):
         bench.measure(case, steps=2, repeats=1, device=torch.device("cpu"), variant="fp8")
+
+
+def test_the_subnormal_timing_reports_both_ends_of_a_run(capsys, one_thread):
+    import pytest
+
+    assert bench.main(["--profile", "tiny", "--subnormal-child", "flushed", "--steps", "201"]) == 0
+    first, last = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert first > 0 and last > 0
+    with pytest.raises(ValueError, match="at least 200 steps, got 50"):
+        bench.subnormal_slowdown("tiny", steps=50)
+    torch.set_flush_denormal(False)  # the process default

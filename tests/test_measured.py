@@ -124,3 +124,18 @@ def test_roles_stay_where_they_render():
                 assert not bad, f"{note.name}: a format spec inside a table row: {bad}"
     for notebook in sorted((ROOT / "book").glob("*.ipynb")):
         assert "{measured}" not in notebook.read_text(), f"{notebook.name} uses the role"
+
+
+def test_a_marker_that_follows_no_number_is_refused(tmp_path):
+    (tmp_path / "results").mkdir()
+    data = {"profile": "cpu", "chapters": {"01": {"metrics": {"nll": {"value": 81.234}}}}}
+    (tmp_path / "results" / "cpu.json").write_text(json.dumps(data))
+    for text in (
+        "about **81.2**<!-- measured: cpu/01/nll|.1f -->",
+        "81.2 <!-- measured: cpu/01/nll -->",
+    ):
+        cell = {"cell_type": "markdown", "metadata": {}, "source": [text]}
+        path = tmp_path / "n.ipynb"
+        path.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4}))
+        with pytest.raises(measured.MissingResult, match="must follow a number directly"):
+            measured.stale_notebook_numbers(tmp_path, path)
