@@ -262,14 +262,18 @@ def main(argv=None) -> int:
     if args.compare:
         return _compare_files(*args.compare)
     if args.readme:
-        from nbutils.measured import fill_notebook, update_readme
+        from nbutils.measured import MissingResult, fill_notebook, update_readme
 
         root = args.results.resolve().parent
-        changed = update_readme(root)
-        print("README.md results table " + ("rewritten" if changed else "already up to date"))
-        for notebook in sorted(args.book.glob("*.ipynb")):
-            if fill_notebook(root, notebook):
-                print(f"{notebook}: measured numbers rewritten")
+        try:
+            changed = update_readme(root)
+            print("README.md results table " + ("rewritten" if changed else "already up to date"))
+            for notebook in sorted(args.book.glob("*.ipynb")):
+                if fill_notebook(root, notebook):
+                    print(f"{notebook}: measured numbers rewritten")
+        except MissingResult as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
         return 0
     if args.profile is None:
         parser.error("--profile is required (unless --compare)")
