@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from nbutils.runtime import device as default_device
-from nbutils.runtime import flush_subnormals, git_commit, machine, synchronize
+from nbutils.runtime import flush_subnormals, git_commit, machine, timed
 from nbutils.train import _recorded, _schedule, adamw, fit
 
 
@@ -155,14 +155,6 @@ def bare_loop(model, loss_fn, batches, *, steps: int, lr: float, warmup: int = 0
     model.eval()
 
 
-def _timed(run: Callable, device) -> float:
-    synchronize(device)
-    started = time.perf_counter()
-    run()
-    synchronize(device)
-    return time.perf_counter() - started
-
-
 def _model(case: Case, variant: str, device) -> torch.nn.Module:
     torch.manual_seed(0)
     model = case.build().to(device)
@@ -185,10 +177,10 @@ def measure(case: Case, *, steps: int, repeats: int, device, variant: str = "fp3
             model, batches = _model(case, variant, device), case.data(device)
             loop = bare_loop if kind == "bare" else functools.partial(fit, desc=case.name)
             run = functools.partial(loop, model, case.loss, batches, **common)
-            total = _timed(run, device)
+            total = timed(run, device)[1]
             if kind == "fit":  # the same start-up again, alone: what fit did before step 1
                 model, batches = _model(case, variant, device), case.data(device)
-                start = _timed(functools.partial(_recorded, model, case.loss, batches), device)
+                start = timed(functools.partial(_recorded, model, case.loss, batches), device)[1]
                 times["start"].append(start)
                 total -= start
             times[kind].append(total / steps)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from nbutils.tensors import check_count
+from nbutils.tensors import check_count, generator_device
 
 
 def _normal(n: int, generator, *shape) -> torch.Tensor:
@@ -20,10 +20,7 @@ def _normal(n: int, generator, *shape) -> torch.Tensor:
 def _check(n, generator) -> None:
     """n must be a positive int and generator a CPU torch.Generator (or None)."""
     check_count(n, "n")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-        )
+    generator_device(generator)  # raises a clear TypeError for anything but a Generator
 
 
 def two_moons(n: int, noise: float = 0.05, generator: torch.Generator | None = None):
