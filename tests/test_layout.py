@@ -37,6 +37,7 @@ SHARED = {
     "nbutils.paths",
     "nbutils.analytic",
     "nbutils.samplers",
+    "nbutils.likelihood",
     "nbutils.metrics",
 }
 TOOLS = {

@@ -265,7 +265,7 @@ class Flow(nn.Module):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """(B, *event_shape) -> (B,) log-density in nats."""
-        check_tensor(x, "x", shape=("B", *self.event_shape), floating=True)
+        check_tensor(x, "x", shape=("B", *self.event_shape), floating=True, finite=True)
         check_dtype_matches(x, self)
         z, logdet = self.transform(x)
         return self.prior.log_prob(z) + logdet
