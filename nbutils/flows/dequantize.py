@@ -64,7 +64,8 @@ class VariationalDequantizer(nn.Module):
     def _layer(self, i: int, y: torch.Tensor, context: torch.Tensor):
         """Log-scale and shift of coupling i (zero on the kept entries)."""
         m = self.masks[i % 2]
-        raw, shift = self.nets[i](torch.cat([y * m, context.to(y.dtype)], 1)).chunk(2, 1)
+        h = self.nets[i](torch.cat([y * m, context.to(y.dtype)], 1)).to(y.dtype)
+        raw, shift = h.chunk(2, 1)
         return soft_clamp(raw, self.bound) * (1 - m), shift * (1 - m)
 
     def log_prob(self, u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,10 @@
 
 Events are (C, H, W) images or (C,) vectors (then the "channels" are the coordinates and there
 is one position). Log-determinants are per example, in nats, like every transform here.
+
+Under bf16 autocast only the conditioners run in bf16: the coupling law and the 1x1
+convolution work in the data's dtype, so the latent path and its log-determinant keep
+float32 precision (a flow's likelihood is a sum of many such terms).
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ class AffineCoupling(Coupling):
                 f"the conditioner of AffineCoupling returned shape {tuple(h.shape)}, expected "
                 f"{want} (log-scale and shift for each changed entry)"
             )
-        raw, shift = h.chunk(2, dim=1)
+        raw, shift = h.to(xb.dtype).chunk(2, dim=1)  # the law in the data's precision
         restrict = self.partition.restrict
         return restrict(soft_clamp(raw, self.bound)), restrict(shift)
 
@@ -177,9 +181,10 @@ class InvertibleConv1x1(Transform):
         return self.log_s.sum() if self.lu else torch.linalg.slogdet(self.weight).logabsdet
 
     def _mix(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:
-            return x @ w.T
-        return F.conv2d(x, w.to(x.dtype)[:, :, None, None])
+        with torch.autocast(x.device.type, enabled=False):  # keep the latent path in float32
+            if x.dim() == 2:
+                return x @ w.to(x.dtype).T
+            return F.conv2d(x, w.to(x.dtype)[:, :, None, None])
 
     def forward(self, x):
         check_tensor(x, "input of InvertibleConv1x1", shape=("B", *self.event_shape))
