@@ -167,3 +167,26 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="train_steps"):
         CNF(net, (2,), train_steps=0)
     assert isinstance(cnf, nn.Module)
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+def test_hutchinson_variance_matches_its_formula(kind):
+    """Var[eps^T J eps] = ||J||_F^2 + tr(J^2), less 2 sum J_ii^2 for Rademacher probes (the
+    note's cnf-hutchinson), on a linear field v = J x."""
+    j = torch.tensor([[0.5, -1.0, 0.3], [2.0, 0.1, 0.0], [-0.4, 0.7, -1.5]])
+    x = torch.zeros(1, 3, requires_grad=True)
+    v = x @ j.T
+    g = torch.Generator().manual_seed(0)
+    n = 100_000
+    if kind == "rademacher":
+        probes = rademacher((n, 1, 3), generator=g)
+    else:
+        probes = torch.randn(n, 1, 3, generator=g)
+    singles = torch.einsum("nbi,ij,nbj->n", probes, j, probes)  # eps^T J eps, one per probe
+    formula = (j**2).sum() + torch.trace(j @ j)
+    if kind == "rademacher":
+        formula = formula - 2 * (j.diagonal() ** 2).sum()
+    assert singles.mean().item() == pytest.approx(torch.trace(j).item(), abs=0.05)
+    assert singles.var().item() == pytest.approx(formula.item(), rel=0.03)
+    one = divergence_hutchinson(v, x, probes[:1])  # the package's estimate for one probe
+    torch.testing.assert_close(one, singles[:1])
