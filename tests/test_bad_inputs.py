@@ -1,5 +1,7 @@
 """Bad inputs to the public entry points get one clear line: what was expected, what came."""
 
+import math
+
 import pytest
 import torch
 
@@ -81,6 +83,8 @@ def _bad_calls():
     from nbutils.analytic import gaussian_mixture_velocity
     from nbutils.autoregressive import FVSBN, NADE, dependency_map
     from nbutils.data import eight_gaussians, spirals, two_moons
+    from nbutils.flows import CNF, ActNorm, Squeeze, VariationalDequantizer
+    from nbutils.likelihood import ode_log_prob
     from nbutils.metrics import accuracy, bits_per_dim, count_parameters, dequantized_bpd
     from nbutils.nn import VelocityMLP
     from nbutils.paths import logit_normal_times, uniform_times
@@ -131,6 +135,18 @@ def _bad_calls():
             weights=[0.2, 0.2]), ValueError, "summing to 1"),
         ("generator", lambda: CategoricalPixelCNN(2, 2, levels=3, channels=4, layers=0).sample(
             2, generator=3), TypeError, "generator must be a torch.Generator or None, got int"),
+        ("squeeze odd", lambda: Squeeze((1, 5, 4)), ValueError,
+         r"even H and W, got \(1, 5, 4\)"),
+        ("CNF samples", lambda: CNF(VelocityMLP(hidden=8), (2,)).sample(0), ValueError,
+         "n must be a positive int"),
+        ("CNF non-finite", lambda: CNF(VelocityMLP(hidden=8), (2,)).log_prob(
+            torch.full((2, 2), math.inf)), ValueError, "must be finite"),
+        ("ODE probes", lambda: ode_log_prob(VelocityMLP(hidden=8), torch.zeros(2, 2),
+            StandardNormal().log_prob, probes=0), ValueError, "probes must be a positive int"),
+        ("float grey levels", lambda: VariationalDequantizer((1, 4, 4), couplings=1).sample(
+            torch.zeros(2, 1, 4, 4)), TypeError, "must have dtype"),
+        ("actnorm shape", lambda: ActNorm((3, 2, 2))(torch.zeros(2, 2, 2, 2)), ValueError,
+         r"shape \(B, 3, 2, 2\), got \(2, 2, 2, 2\)"),
     ]  # fmt: skip
 
 
