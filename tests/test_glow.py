@@ -122,7 +122,7 @@ def test_multiscale_split_gives_each_level_its_latents():
     parts = ms.split(z)
     h = ms.levels[0](x)[0]  # (B, 4, 2, 2): channels 2, 3 factored out
     torch.testing.assert_close(parts[0], h[:, 2:].flatten(1))
-    # resampling the coarse level changes every pixel; the fine level's latents stay put
+    # replacing the coarse part leaves the early part of the re-encoded latent as it was
     new = torch.cat([parts[0], torch.zeros_like(parts[1])], 1)
     torch.testing.assert_close(ms.split(ms(ms.inverse(new))[0])[0], parts[0])
 
@@ -231,3 +231,26 @@ def test_bad_inputs_are_clear_errors():
         Multiscale(Squeeze((1, 4, 4)), Squeeze((4, 2, 2)))
     with pytest.raises(ValueError, match="steps must be an int"):
         multiscale(steps=-1, conditioner=conv_conditioner(8, 1))
+
+
+def test_under_bf16_autocast_the_latent_path_and_logdet_stay_exact():
+    """Only conditioners may run in bf16: the 1x1 convolution's log-det must be that of the
+    matrix it applies, and the whole stack must still invert (float32 data, CPU autocast)."""
+    conv = randomize(InvertibleConv1x1((4, 3, 3), generator=torch.Generator().manual_seed(0)))
+    ms = make("multiscale-2")
+    for module in (conv, ms):
+        module.float()
+    x = torch.rand(5, 4, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, logdet = conv(x)
+        back = conv.inverse(z)
+    assert z.dtype == torch.float32
+    torch.testing.assert_close(z, conv(x)[0])
+    torch.testing.assert_close(logdet, 9 * torch.linalg.slogdet(conv.matrix()).logabsdet.expand(5))
+    torch.testing.assert_close(back, x, atol=1e-5, rtol=0)
+    image = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        latent, _ = ms(image)
+        again = ms.inverse(latent)
+    assert latent.dtype == torch.float32
+    torch.testing.assert_close(again, image, atol=1e-4, rtol=0)

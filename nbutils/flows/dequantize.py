@@ -7,7 +7,8 @@ An image of grey levels k gets the points x = (k + u) / 256 with u in [0, 1)^D, 
 for any density q on the unit cube (Jensen). Uniform dequantization takes q = 1; the bound
 is then tight only if p is flat inside every bin. **Variational dequantization** (Ho et al.
 2019, Flow++) learns q: :class:`VariationalDequantizer` is a small flow over the noise,
-conditioned on the image, and the bound can only get tighter for the p it trains with.
+conditioned on the image. For a fixed p the best q closes the gap; trained jointly, the
+optimum is at least as good as the uniform one, which is one of the choices (q starts there).
 
 :class:`DequantizedFlow` pairs a flow on the unit cube with either dequantizer and returns the
 per-example term of the bound (a density on the unit cube, so

@@ -180,21 +180,25 @@ class InvertibleConv1x1(Transform):
         """log |det W| (a scalar)."""
         return self.log_s.sum() if self.lu else torch.linalg.slogdet(self.weight).logabsdet
 
-    def _mix(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):  # keep the latent path in float32
-            if x.dim() == 2:
-                return x @ w.to(x.dtype).T
-            return F.conv2d(x, w.to(x.dtype)[:, :, None, None])
+    @staticmethod
+    def _mix(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return x @ w.to(x.dtype).T
+        return F.conv2d(x, w.to(x.dtype)[:, :, None, None])
 
     def forward(self, x):
         check_tensor(x, "input of InvertibleConv1x1", shape=("B", *self.event_shape))
-        logdet = (self.positions * self.log_abs_det()).expand(x.shape[0])
-        return self._mix(self.matrix(), x), logdet
+        # outside autocast: W, its log-det and the mixing all in the data's precision, so the
+        # log-det reported is that of the matrix used
+        with torch.autocast(x.device.type, enabled=False):
+            logdet = (self.positions * self.log_abs_det()).expand(x.shape[0])
+            return self._mix(self.matrix(), x), logdet
 
     def inverse(self, z):
         check_tensor(z, "input of InvertibleConv1x1.inverse", shape=("B", *self.event_shape))
-        w = self.matrix()
-        return self._mix(torch.linalg.inv(w.double()).to(w.dtype), z)
+        with torch.autocast(z.device.type, enabled=False):
+            w = self.matrix()
+            return self._mix(torch.linalg.inv(w.double()).to(z.dtype), z)
 
 
 # ----------------------------------------------------------------------------- squeeze
