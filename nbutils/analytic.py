@@ -1,8 +1,7 @@
 """Closed forms that serve as ground truth in tests and 2D sections: the exact velocity of the
 rectified-flow path (t = 0 data, t = 1 noise, ``x_t = (1 - t) x_0 + t x_1``) for Gaussian data
-and for isotropic Gaussian mixtures.
-
-Chapters 04 to 06 add the scores and marginals of the other paths of :mod:`nbutils.paths`.
+and for isotropic Gaussian mixtures, and the exact scores of the same data noised along any
+path of :mod:`nbutils.paths` (chapter 04).
 """
 
 from __future__ import annotations
@@ -76,3 +75,67 @@ def gaussian_mixture_velocity(means: torch.Tensor, std: float, weights=None) -> 
         return (post * cond).sum(1).to(x.dtype)  # (B, D)
 
     return v
+
+
+def _path_coefficients(schedule, t: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    t = t.to(torch.float64)
+    return schedule.alpha(t).to(dtype), schedule.sigma(t).to(dtype)
+
+
+def gaussian_score(mean: torch.Tensor, cov: torch.Tensor, schedule) -> Callable:
+    """Exact score of data N(mean, cov) noised along ``schedule``: x_t ~ N(alpha mean,
+    alpha^2 cov + sigma^2 I), so ``s(x, t) = -(alpha^2 cov + sigma^2 I)^{-1} (x - alpha mean)``.
+
+    Args:
+        mean: (D,); cov: (D, D) symmetric positive definite (or positive semi-definite with
+            sigma(t) > 0); schedule: a :class:`~nbutils.paths.Schedule`.
+
+    Returns:
+        ``score(x, t)`` for x (B, D), t (B,).
+    """
+    d = mean.shape[0]
+    if cov.shape != (d, d):
+        raise ValueError(f"cov must have shape ({d}, {d}), got {tuple(cov.shape)}")
+    eye = torch.eye(d, dtype=mean.dtype, device=mean.device)
+
+    def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        alpha, sigma = _path_coefficients(schedule, t, mean.dtype)  # (B,)
+        c_t = alpha[:, None, None] ** 2 * cov + sigma[:, None, None] ** 2 * eye  # (B, D, D)
+        centred = x.to(mean.dtype) - alpha[:, None] * mean  # (B, D)
+        return -torch.linalg.solve(c_t, centred).to(x.dtype)  # (B, D)
+
+    return score
+
+
+def gaussian_mixture_score(means: torch.Tensor, std: float, schedule, weights=None) -> Callable:
+    """Exact score of a mixture of N(mean_k, std^2 I) noised along ``schedule``.
+
+    Per component x_t ~ N(alpha mean_k, c_t I) with ``c_t = alpha^2 std^2 + sigma^2``; the
+    score is the posterior-weighted average of the components' scores
+    ``-(x - alpha mean_k) / c_t``.
+
+    Args:
+        means: (K, D); std: component standard deviation; schedule: a path of
+            :mod:`nbutils.paths`; weights: (K,) mixture weights (default uniform).
+
+    Returns:
+        ``score(x, t)`` for x (B, D), t (B,) (c_t must be positive).
+    """
+    check_tensor(means, "means (component means)", shape=("K", "D"), floating=True, finite=True)
+    if not (isinstance(std, (int, float)) and std >= 0 and math.isfinite(std)):
+        raise ValueError(f"std must be a number >= 0, got {std!r}")
+    k = means.shape[0]
+    w = torch.full((k,), 1.0 / k) if weights is None else torch.as_tensor(weights)
+    if w.shape != (k,) or (w < 0).any() or abs(float(w.sum()) - 1) > 1e-4:
+        raise ValueError(f"weights must be {k} non-negative numbers summing to 1, got {w.tolist()}")
+    log_w = w.to(means).log()  # (K,)
+
+    def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        alpha, sigma = _path_coefficients(schedule, t, means.dtype)
+        c_t = (alpha**2 * std**2 + sigma**2)[:, None, None]  # (B, 1, 1)
+        diff = x.to(means.dtype)[:, None, :] - alpha[:, None, None] * means  # (B, K, D)
+        logits = log_w - 0.5 * diff.pow(2).sum(-1) / c_t[..., 0]  # (B, K), up to a constant
+        post = torch.softmax(logits, dim=1)[..., None]  # (B, K, 1)
+        return (post * -diff / c_t).sum(1).to(x.dtype)  # (B, D)
+
+    return score

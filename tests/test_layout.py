@@ -22,6 +22,7 @@ FAMILIES = {
     },
     "flows": {"nbutils.flows"},
     "rectified": {"nbutils.rectified"},
+    "score": {"nbutils.score"},
 }
 #: Shared pieces (what families build on) and tools (evaluation, plots, running): neither
 #: imports a family.
@@ -38,6 +39,7 @@ SHARED = {
     "nbutils.analytic",
     "nbutils.samplers",
     "nbutils.likelihood",
+    "nbutils.langevin",
     "nbutils.metrics",
 }
 TOOLS = {
