@@ -124,7 +124,9 @@ def annealed_langevin(
         snr: the predictor-corrector rule of Song et al. (2021): at every step
             ``step = 2 (snr |z| / |s|)^2``, norms per example averaged over the batch.
         denoise: end with ``x + sigma_min^2 s(x, t_min)`` (Tweedie: the posterior mean of the
-            clean data), the NCSN denoising step.
+            clean data; the final denoising step of Jolicoeur-Martineau et al. 2021, adopted
+            by NCSNv2). This form holds for a VE path (alpha = 1); for a path with alpha < 1
+            divide by alpha, or pass ``denoise=False``.
         generator: for the noise.
         callback: called after every step (the dict of the module docstring).
 
@@ -164,7 +166,8 @@ def _snr_step(s: torch.Tensor, z: torch.Tensor, snr: float) -> float:
 
 @torch.no_grad()
 def tweedie(score: Callable, x: torch.Tensor, t: float, sigma: float) -> torch.Tensor:
-    """Tweedie's formula for ``x = x_0 + sigma z``: ``E[x_0 | x] = x + sigma^2 s(x, t)``.
+    """Tweedie's formula for ``x = x_0 + sigma z``: ``E[x_0 | x] = x + sigma^2 s(x, t)`` (a VE
+    path, alpha = 1; with alpha < 1 the posterior mean is that divided by alpha).
 
     Args:
         score: ``score(x, t) -> (B, *)``, the score of the noised density at level t.

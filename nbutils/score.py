@@ -6,9 +6,10 @@ A score model returns ``s(x, t) ~ grad_x log p_t(x)``, the score of the data noi
 of a schedule of :mod:`nbutils.paths` (t = 0 data, t = 1 the most noise). :class:`ScoreModel`
 wraps a network that predicts the noise (the U-Net of :mod:`nbutils.nn`, or a
 :class:`~nbutils.nn.layers.VelocityMLP` in 2D) and reads it as a score,
-``s = -net(x, t) / sigma(t)``: the 1/sigma scaling of NCSN, which keeps the network's output of
-unit size at every level. ``schedule.convert`` turns that prediction into any other kind
-(``x0``, ``velocity``).
+``s = -net(x, t) / sigma(t)``: the 1/sigma scaling of NCSNv2 (Song & Ermon 2020), which keeps
+the network's output of unit size at every level. The schedule's sigma(t) must be positive
+wherever the model is called (true of the VE path; a VP path has sigma(0) = 0).
+``schedule.convert`` turns that prediction into any other kind (``x0``, ``velocity``).
 
 All losses average over the entries of an example (per dimension), so their sizes do not
 depend on the image size. For a score that does not depend on t (explicit and sliced score
@@ -139,8 +140,9 @@ def sigma_max_rule(data: torch.Tensor, n: int = 2000, generator=None) -> float:
     largest distance between two training points, so that at sigma_max the noised data are
     one blob and Langevin can move between any two modes. Estimated on n points (B, *)."""
     check_tensor(data, "data", shape=("N", "*"), floating=True, finite=True)
-    idx = torch.randperm(len(data), generator=generator)[: min(n, len(data))]
-    flat = data[idx].flatten(1).double()
+    where = generator.device if generator is not None else None
+    idx = torch.randperm(len(data), generator=generator, device=where)[: min(n, len(data))]
+    flat = data[idx.to(data.device)].flatten(1).double()
     return float(torch.cdist(flat, flat).max())
 
 
