@@ -146,10 +146,8 @@ def annealed_langevin(
     nfe = 0
     for i, t in enumerate(levels):
         for _ in range(steps_per_level):
-            z = draw(torch.randn, x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            s = _score_at(score, x, t)
-            step = float(steps[i]) if steps is not None else _snr_step(s, z, snr)
-            x = x + step * s + math.sqrt(2 * step) * z
+            fixed = float(steps[i]) if steps is not None else None
+            x, step = langevin_step(score, x, t, step=fixed, snr=snr, generator=generator)
             nfe += 1
             if callback is not None:
                 callback({"i": i, "t": t, "x": x, "step_size": step, "nfe": nfe})
@@ -158,10 +156,28 @@ def annealed_langevin(
     return x
 
 
-def _snr_step(s: torch.Tensor, z: torch.Tensor, snr: float) -> float:
-    score_norm = s.flatten(1).norm(dim=1).mean()
-    noise_norm = z.flatten(1).norm(dim=1).mean()
-    return float(2 * (snr * noise_norm / score_norm.clamp_min(1e-12)) ** 2)
+def langevin_step(
+    score: Callable,
+    x: torch.Tensor,
+    t: float,
+    *,
+    step: float | None = None,
+    snr: float | None = None,
+    generator=None,
+) -> tuple[torch.Tensor, float]:
+    """One Langevin step at level t with a given ``step`` or the snr rule; returns
+    ``(x_new, step_used)``. The corrector of the predictor-corrector samplers (chapter 05).
+
+    The snr rule: ``step = 2 (snr |z| / |s|)^2`` with the norms per example averaged over the
+    batch (Song et al. 2021), so that the drift is ``snr`` times the size of the noise.
+    """
+    z = draw(torch.randn, x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    s = _score_at(score, x, t)
+    if step is None:
+        score_norm = s.flatten(1).norm(dim=1).mean()
+        noise_norm = z.flatten(1).norm(dim=1).mean()
+        step = float(2 * (snr * noise_norm / score_norm.clamp_min(1e-12)) ** 2)
+    return x + step * s + math.sqrt(2 * step) * z, step
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ and differs only in the **schedule** ``(alpha, sigma)``:
 * :class:`RectifiedSchedule` (chapter 07): ``alpha = 1 - t``, ``sigma = t``, a straight line;
 * :class:`VPSchedule` (chapters 05, 06): variance preserving, ``alpha^2 + sigma^2 = 1``, with
   the linear noise rate of Song et al. (2021), ``beta(t) = beta_min + t (beta_max - beta_min)``;
+* :class:`SubVPSchedule` (chapter 05): VP's mean with the smaller ``sigma = 1 - alpha^2``;
 * :class:`VESchedule` (chapters 04, 05): variance exploding, ``alpha = 1`` and a geometric
   ``sigma`` from ``sigma_min`` to ``sigma_max``.
 
@@ -173,6 +174,17 @@ class VPSchedule(Schedule):
 
     def d_sigma(self, t):
         return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
+
+
+class SubVPSchedule(VPSchedule):
+    """The sub-VP path of Song et al. (2021): VP's ``alpha`` with ``sigma(t) = 1 - alpha(t)^2``,
+    below VP's ``sqrt(1 - alpha^2)`` at every t (a smaller variance for the same mean)."""
+
+    def sigma(self, t):
+        return -torch.expm1(2 * self._log_alpha(t))  # 1 - alpha^2
+
+    def d_sigma(self, t):
+        return -2 * self.alpha(t) * self.d_alpha(t)
 
 
 class VESchedule(Schedule):

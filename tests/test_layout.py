@@ -23,6 +23,7 @@ FAMILIES = {
     "flows": {"nbutils.flows"},
     "rectified": {"nbutils.rectified"},
     "score": {"nbutils.score"},
+    "sde": {"nbutils.sde"},
 }
 #: Shared pieces (what families build on) and tools (evaluation, plots, running): neither
 #: imports a family.
