@@ -54,6 +54,10 @@ class Schedule:
     def d_sigma(self, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def d_sigma2(self, t: torch.Tensor) -> torch.Tensor:
+        """The time derivative of sigma(t)^2 (finite where sigma' is not, e.g. VP at t = 0)."""
+        return 2 * self.sigma(t) * self.d_sigma(t)
+
     def _coefficients(self, t, like: torch.Tensor, *names: str) -> list[torch.Tensor]:
         """The named coefficients at t (B,), shaped (B, 1, ..., 1) like ``like`` (B, *)."""
         check_tensor(t, "t", shape=("B",), sizes={"B": like.shape[0]})
@@ -175,6 +179,9 @@ class VPSchedule(Schedule):
     def d_sigma(self, t):
         return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
 
+    def d_sigma2(self, t):
+        return -2 * self.alpha(t) * self.d_alpha(t)  # (1 - alpha^2)'
+
 
 class SubVPSchedule(VPSchedule):
     """The sub-VP path of Song et al. (2021): VP's ``alpha`` with ``sigma(t) = 1 - alpha(t)^2``,
@@ -185,6 +192,9 @@ class SubVPSchedule(VPSchedule):
 
     def d_sigma(self, t):
         return -2 * self.alpha(t) * self.d_alpha(t)
+
+    def d_sigma2(self, t):
+        return 2 * self.sigma(t) * self.d_sigma(t)  # finite: sigma' is
 
 
 class VESchedule(Schedule):

@@ -57,8 +57,7 @@ class SDE:
     def g2(self, t) -> torch.Tensor:
         """Squared diffusion coefficient ``(sigma^2)' - 2 f sigma^2``."""
         t = self._times(t)
-        sigma = self.schedule.sigma(t)
-        return 2 * sigma * self.schedule.d_sigma(t) - 2 * self.f(t) * sigma**2
+        return self.schedule.d_sigma2(t) - 2 * self.f(t) * self.schedule.sigma(t) ** 2
 
     def marginal(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean ``alpha(t) x_0`` (B, *) and standard deviation ``sigma(t)`` (B, 1, ..., 1)."""

@@ -62,6 +62,7 @@ def test_diffusion_coefficient_makes_the_variance_of_the_path(name):
     torch.testing.assert_close(dv, 2 * sde.f(t) * v.detach() + sde.g2(t))
     torch.testing.assert_close(da / schedule.alpha(t), sde.f(t))
     assert (sde.g2(t) > 0).all()
+    assert torch.isfinite(sde.g2(torch.tensor(0.0))) and torch.isfinite(sde.f(torch.tensor(0.0)))
 
 
 @pytest.mark.parametrize("name", ["VP", "sub-VP"])
