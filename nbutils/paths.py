@@ -185,7 +185,7 @@ class VPSchedule(Schedule):
 
 class SubVPSchedule(VPSchedule):
     """The sub-VP path of Song et al. (2021): VP's ``alpha`` with ``sigma(t) = 1 - alpha(t)^2``,
-    below VP's ``sqrt(1 - alpha^2)`` at every t (a smaller variance for the same mean)."""
+    below VP's ``sqrt(1 - alpha^2)`` at every t > 0 (a smaller variance for the same mean)."""
 
     def sigma(self, t):
         return -torch.expm1(2 * self._log_alpha(t))  # 1 - alpha^2

@@ -68,7 +68,8 @@ class SDE:
         return alpha.to(x0.dtype) * x0, sigma.to(x0.dtype)
 
     def prior_sample(self, shape, generator=None, device=None, dtype=None) -> torch.Tensor:
-        """Draw from N(0, sigma(1)^2 I), the law of x_1 up to the vanishing alpha(1) x_0."""
+        """Draw from N(0, sigma(1)^2 I): the law of x_1 up to alpha(1) x_0, which vanishes for
+        VP and sub-VP (alpha(1) ~ 0.007) and is negligible for VE when sigma_max is large."""
         sigma = float(self.schedule.sigma(torch.tensor(1.0, dtype=torch.float64)))
         return sigma * draw(torch.randn, shape, generator=generator, device=device, dtype=dtype)
 
@@ -149,7 +150,7 @@ def predictor_corrector(
     """Predictor-corrector sampling (Song et al. 2021): at every time of the grid, an
     Euler-Maruyama step of the reverse SDE (predictor), then ``corrector_steps`` Langevin steps
     at the new time with the snr step rule (corrector). ``1 + corrector_steps`` score
-    evaluations per step."""
+    evaluations per step, except the last, which has no corrector (one evaluation)."""
     check_tensor(x, "x", shape=("B", "*"), floating=True, finite=True)
     grid = _check_sampling_grid(ts)
     if (
@@ -185,13 +186,15 @@ def ddpm_ancestral(score: Callable, x: torch.Tensor, ts, *, schedule: Schedule, 
     check_tensor(x, "x", shape=("B", "*"), floating=True, finite=True)
     grid = _check_sampling_grid(ts)
     for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
-        alphas = schedule.alpha(torch.tensor([t, t_next], dtype=torch.float64))
+        times = torch.tensor([t, t_next], dtype=torch.float64)
+        alphas, sigmas = schedule.alpha(times), schedule.sigma(times)
         a = float(alphas[0] / alphas[1])
         beta = 1 - a**2
-        if not beta > 0:
+        if not beta > 0 or (alphas**2 + sigmas**2 - 1).abs().max() > 1e-6:
             raise ValueError(
-                f"DDPM ancestral sampling needs alpha(t) to fall as t grows (a VP path); "
-                f"{type(schedule).__name__} gives alpha {alphas.tolist()} at {[t, t_next]}"
+                "DDPM ancestral sampling is the discretisation of a variance-preserving path "
+                f"(alpha^2 + sigma^2 = 1, alpha falling); {type(schedule).__name__} gives alpha "
+                f"{alphas.tolist()}, sigma {sigmas.tolist()} at {[t, t_next]}"
             )
         x = (x + beta * _score_at(score, x, t)) / a
         if i < len(grid) - 2:

@@ -51,7 +51,8 @@ def test_simulated_forward_sde_has_the_paths_marginals(name):
 
 @pytest.mark.parametrize("name", SCHEDULES)
 def test_diffusion_coefficient_makes_the_variance_of_the_path(name):
-    """v' = 2 f v + g^2 with v = sigma^2: the closed forms of f and g^2 agree with the schedule."""
+    """v' = 2 f v + g^2 with v = sigma^2 (autograd), f = alpha' / alpha, and g^2 equal to the
+    closed forms of the note's table."""
     sde, schedule = SDE(SCHEDULES[name]), SCHEDULES[name]
     t = torch.linspace(0.05, 0.95, 7, dtype=torch.float64).requires_grad_(True)
     v = schedule.sigma(t) ** 2
@@ -62,6 +63,12 @@ def test_diffusion_coefficient_makes_the_variance_of_the_path(name):
     torch.testing.assert_close(dv, 2 * sde.f(t) * v.detach() + sde.g2(t))
     torch.testing.assert_close(da / schedule.alpha(t), sde.f(t))
     assert (sde.g2(t) > 0).all()
+    closed = {  # the note's table
+        "VE": 2 * math.log(5.0 / 0.01) * schedule.sigma(t) ** 2,
+        "VP": 0.1 + t * (20.0 - 0.1),
+        "sub-VP": (0.1 + t * (20.0 - 0.1)) * (1 - schedule.alpha(t) ** 4),
+    }[name]
+    torch.testing.assert_close(sde.g2(t), closed)
     assert torch.isfinite(sde.g2(torch.tensor(0.0))) and torch.isfinite(sde.f(torch.tensor(0.0)))
 
 
@@ -135,6 +142,18 @@ def test_noise_loss_is_zero_for_the_true_noise_and_checks_its_input():
         return (x_t - alpha * x0) / sigma
 
     assert noise_loss(oracle, x0, schedule=schedule, generator=g(9)).item() < 1e-20
+    seen = []
+
+    def spy(x_t, t):
+        seen.append(t)
+        return torch.zeros_like(x_t)
+
+    noise_loss(spy, torch.zeros(5000, 1), schedule=schedule, t_min=0.3, generator=g(10))
+    assert (
+        seen[0].min() >= 0.3
+        and seen[0].max() <= 1
+        and seen[0].mean() == pytest.approx(0.65, abs=0.01)
+    )
     with pytest.raises(ValueError, match=r"t_min must be in \[0, 1\)"):
         noise_loss(oracle, x0, schedule=schedule, t_min=1.0)
 
@@ -151,7 +170,9 @@ def test_bad_inputs_are_clear_errors():
         predictor_corrector(score, x, [1.5, 0.0], sde=sde)
     with pytest.raises(ValueError, match=r"returned shape \(3, 1\) for x of shape \(3, 2\)"):
         euler_maruyama(lambda v, t: v[:, :1], x, time_grid(2), sde=sde)
-    with pytest.raises(ValueError, match="needs alpha"):
+    with pytest.raises(ValueError, match="variance-preserving"):
         ddpm_ancestral(score, x, time_grid(2), schedule=VESchedule())
+    with pytest.raises(ValueError, match="variance-preserving"):
+        ddpm_ancestral(score, x, time_grid(2), schedule=SubVPSchedule())
     with pytest.raises(ValueError, match="corrector_steps"):
         predictor_corrector(score, x, time_grid(2), sde=sde, corrector_steps=-1)
