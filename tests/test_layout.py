@@ -24,6 +24,7 @@ FAMILIES = {
     "rectified": {"nbutils.rectified"},
     "score": {"nbutils.score"},
     "sde": {"nbutils.sde"},
+    "ode": {"nbutils.ode"},
 }
 #: Shared pieces (what families build on) and tools (evaluation, plots, running): neither
 #: imports a family.

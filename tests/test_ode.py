@@ -1,0 +1,149 @@
+"""The ODE view against closed forms: the probability-flow velocity is f x - g^2 s / 2 for every
+parameterisation, the PF-ODE with the exact score carries the prior to Gaussian data, its
+log-likelihood equals the closed-form density, uniform noise scores its analytic bits/dim,
+DDIM is an Euler step in the right variables, Hutchinson's probe is fixed within a solve, and
+bad input is a clear error."""
+
+import math
+
+import pytest
+import torch
+
+from nbutils.analytic import gaussian_score
+from nbutils.likelihood import ode_log_prob, rademacher
+from nbutils.ode import (
+    ProbabilityFlow,
+    bits_per_dim,
+    ddim,
+    gaussian_prior_log_prob,
+    symmetric_dequantized,
+)
+from nbutils.paths import VESchedule, VPSchedule
+from nbutils.samplers import euler, rk45, time_grid
+from nbutils.sde import SDE
+
+MEAN = torch.tensor([0.5, -0.3], dtype=torch.float64)
+COV = torch.tensor([[0.4, 0.1], [0.1, 0.2]], dtype=torch.float64)
+SCHEDULES = {"VP": VPSchedule(), "VE": VESchedule(0.01, 5.0)}
+
+
+@pytest.fixture(autouse=True)
+def _all_in_float64(float64):
+    """Every test here runs in float64."""
+
+
+def g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def noise_net(schedule):
+    """The exact noise prediction of Gaussian data, -sigma * score."""
+    score = gaussian_score(MEAN, COV, schedule)
+
+    def net(x, t):
+        return -schedule.sigma(t)[:, None] * score(x, t)
+
+    return net
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("kind", ["noise", "score", "x0"])
+def test_probability_flow_is_f_x_minus_half_g2_score(name, kind):
+    schedule = SCHEDULES[name]
+    sde, score = SDE(schedule), gaussian_score(MEAN, COV, schedule)
+    x, t = torch.randn(6, 2, generator=g(0)), torch.rand(6, generator=g(1)) * 0.9 + 0.05
+    exact_noise = noise_net(schedule)(x, t)
+    pred = schedule.convert(exact_noise, x, t, source="noise", target=kind)
+    flow = ProbabilityFlow(lambda xx, tt: pred, schedule, kind=kind)
+    expected = sde.f(t)[:, None] * x - 0.5 * sde.g2(t)[:, None] * score(x, t)
+    torch.testing.assert_close(flow(x, t), expected)
+
+
+def test_pf_ode_with_the_exact_score_carries_the_prior_to_the_data():
+    schedule = SCHEDULES["VP"]
+    flow = ProbabilityFlow(noise_net(schedule), schedule)
+    z = torch.randn(20_000, 2, generator=g(2))
+    x = rk45(flow, z, (1.0, 1e-4), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(x.mean(0), MEAN, atol=0.02, rtol=0)
+    torch.testing.assert_close(torch.cov(x.T), COV, atol=0.02, rtol=0)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_ode_log_likelihood_equals_the_closed_form(name):
+    """With the exact p_1 as the prior, the ODE gives log p_{t_min}(x) exactly."""
+    schedule, t_min = SCHEDULES[name], 1e-3
+    flow = ProbabilityFlow(noise_net(schedule), schedule)
+
+    def marginal(t):
+        tt = torch.tensor(t)
+        a, s = schedule.alpha(tt), schedule.sigma(tt)
+        return torch.distributions.MultivariateNormal(a * MEAN, a**2 * COV + s**2 * torch.eye(2))
+
+    x = marginal(t_min).sample((8,))
+    out = ode_log_prob(flow, x, marginal(1.0).log_prob, ts=(t_min, 1.0), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(out.log_prob, marginal(t_min).log_prob(x), atol=1e-5, rtol=0)
+
+
+def test_uniform_noise_scores_8_bits_per_dim():
+    """A field that moves nothing and a uniform prior on [-1, 1]^D: p = 2^-D on the cube, so
+    any 8-bit data cost exactly 8 bits/dim (the +7 offset and the scaling's Jacobian)."""
+    k = torch.randint(0, 256, (50, 1, 4, 4), generator=g(3))
+
+    def uniform(z):
+        return torch.full((z.shape[0],), -z[0].numel() * math.log(2.0), dtype=z.dtype)
+
+    bpd, _, _ = bits_per_dim(lambda x, t: 0 * x, k, prior_log_prob=uniform, probes=None,
+                             generator=g(4))  # fmt: skip
+    assert bpd == pytest.approx(8.0, abs=1e-9)
+
+
+def test_ddim_is_an_euler_step_in_y_and_r_and_tends_to_euler_in_x():
+    schedule = SCHEDULES["VP"]
+    net, flow = noise_net(schedule), ProbabilityFlow(noise_net(schedule), schedule)
+    x = torch.randn(5, 2, generator=g(5))
+    t, t_next = 0.6, 0.5
+    tt = torch.tensor([t, t_next])
+    a, s = schedule.alpha(tt), schedule.sigma(tt)
+    z_hat = net(x, torch.full((5,), t))
+    y_next = (
+        x / a[0] + (s[1] / a[1] - s[0] / a[0]) * z_hat
+    )  # Euler in y = x / alpha, r = sigma / alpha
+    torch.testing.assert_close(ddim(net, x, [t, t_next], schedule=schedule), a[1] * y_next)
+    gaps = []
+    for h in (0.04, 0.02, 0.01):
+        gaps.append(
+            (ddim(net, x, [t, t - h], schedule=schedule) - euler(flow, x, [t, t - h])).abs().max()
+        )
+    assert gaps[0] / gaps[1] > 3 and gaps[1] / gaps[2] > 3  # O(h^2) per step
+
+
+def test_hutchinson_probe_is_fixed_within_one_solve():
+    """On v = A x the estimate integrates eps^T A eps, for the one probe of the solve: the
+    result differs from the exact one by (eps^T A eps - tr A) times the length of the solve."""
+    a = torch.tensor([[0.3, -0.8], [0.5, -0.2]])
+    x = torch.randn(4, 2, generator=g(6))
+    prior = gaussian_prior_log_prob(VESchedule(0.01, 1.0))
+    exact = ode_log_prob(lambda v, t: v @ a.T, x, prior, ts=(0.2, 1.0), rtol=1e-9, atol=1e-9)
+    hutch = ode_log_prob(lambda v, t: v @ a.T, x, prior, ts=(0.2, 1.0), probes=1, generator=g(7),
+                         rtol=1e-9, atol=1e-9)  # fmt: skip
+    eps = rademacher((1, 4, 2), generator=g(7))[0]
+    quad = torch.einsum("bi,ij,bj->b", eps, a, eps)
+    torch.testing.assert_close(
+        hutch.log_prob - exact.log_prob, 0.8 * (quad - a.trace()), atol=1e-6, rtol=0
+    )
+
+
+def test_bad_inputs_are_clear_errors():
+    schedule = SCHEDULES["VP"]
+    with pytest.raises(TypeError, match="pass the 8-bit images themselves"):
+        symmetric_dequantized(torch.rand(2, 1, 4, 4))  # an image already in [-1, 1] or [0, 1]
+    with pytest.raises(ValueError, match=r"grey levels must lie in \[0, 255\]"):
+        symmetric_dequantized(torch.full((2, 3), 300))
+    with pytest.raises(ValueError, match="must decrease from noise"):
+        ddim(noise_net(schedule), torch.zeros(2, 2), time_grid(3, 0.0, 1.0), schedule=schedule)
+    with pytest.raises(ValueError, match="strictly monotone"):
+        ddim(noise_net(schedule), torch.zeros(2, 2), [1.0, 0.3, 0.5], schedule=schedule)
+    with pytest.raises(ValueError, match="must be finite"):
+        ddim(noise_net(schedule), torch.full((2, 2), math.nan), time_grid(2), schedule=schedule)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        ProbabilityFlow(torch.nn.Identity(), schedule, kind="epsilon")
