@@ -109,7 +109,8 @@ def symmetric_dequantized(k: torch.Tensor, generator=None, levels: int = 256) ->
             f"grey levels must lie in [0, {levels - 1}], got [{int(k.min())}, {int(k.max())}]"
         )
     u = draw(torch.rand, k.shape, generator=generator, device=k.device)
-    return 2 * (k.float() + u) / levels - 1
+    x = 2 * (k.float() + u) / levels - 1
+    return x.clamp(max=torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)).item())  # < 1
 
 
 def bits_per_dim(velocity: Callable, k: torch.Tensor, *, prior_log_prob: Callable,
@@ -125,7 +126,9 @@ def bits_per_dim(velocity: Callable, k: torch.Tensor, *, prior_log_prob: Callabl
         bpd = 8 - (log p(x) + D log 2) / (D ln 2) = 7 - log p(x) / (D ln 2).
 
     Args:
-        velocity: ``velocity(x, t)``, e.g. a :class:`ProbabilityFlow`.
+        velocity: ``velocity(x, t)``, e.g. a :class:`ProbabilityFlow` (in eval mode). For an
+            ``nn.Module`` the images move to its device and to its dtype, at least float32;
+            for a plain function pass ``k`` on the device it expects.
         k: (B, *) integer images.
         prior_log_prob: log-density at t = 1, e.g. :func:`gaussian_prior_log_prob`.
         t_min: where the integration starts (p_{t_min} stands for the data density).
@@ -134,9 +137,15 @@ def bits_per_dim(velocity: Callable, k: torch.Tensor, *, prior_log_prob: Callabl
     Returns:
         ``(bits/dim of the batch, log p on the unit cube per image (B,), evaluations)``.
     """
+    for name in ("ts", "sampler"):
+        if name in solver:
+            raise ValueError(f"bits_per_dim integrates from t_min to 1 with RK45; drop {name}=")
     x = symmetric_dequantized(k, generator)
     ref = next(velocity.parameters(), None) if isinstance(velocity, nn.Module) else None
-    x = x.to(ref.dtype if ref is not None else torch.get_default_dtype())
+    if ref is not None:
+        x = x.to(device=ref.device, dtype=torch.promote_types(ref.dtype, torch.float32))
+    else:
+        x = x.to(torch.promote_types(torch.get_default_dtype(), torch.float32))
     out = ode_log_prob(velocity, x, prior_log_prob, ts=(t_min, 1.0), probes=probes,
                        generator=generator, **solver)  # fmt: skip
     d = x[0].numel()

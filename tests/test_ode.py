@@ -79,6 +79,7 @@ def test_ode_log_likelihood_equals_the_closed_form(name):
         a, s = schedule.alpha(tt), schedule.sigma(tt)
         return torch.distributions.MultivariateNormal(a * MEAN, a**2 * COV + s**2 * torch.eye(2))
 
+    torch.manual_seed(8)
     x = marginal(t_min).sample((8,))
     out = ode_log_prob(flow, x, marginal(1.0).log_prob, ts=(t_min, 1.0), rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(out.log_prob, marginal(t_min).log_prob(x), atol=1e-5, rtol=0)
@@ -95,6 +96,44 @@ def test_uniform_noise_scores_8_bits_per_dim():
     bpd, _, _ = bits_per_dim(lambda x, t: 0 * x, k, prior_log_prob=uniform, probes=None,
                              generator=g(4))  # fmt: skip
     assert bpd == pytest.approx(8.0, abs=1e-9)
+
+
+def test_symmetric_dequantization_fills_each_bin_of_minus_one_to_one():
+    k = torch.tensor([0, 255]).repeat(100_000)
+    x = symmetric_dequantized(k, generator=g(9)).reshape(-1, 2)
+    assert x[:, 0].min() >= -1 and x[:, 0].max() < -1 + 2 / 256
+    assert x[:, 1].min() >= 1 - 2 / 256 and x[:, 1].max() < 1
+    assert x[:, 0].mean().item() == pytest.approx(-1 + 1 / 256, abs=2e-5)  # uniform in the bin
+
+
+def test_gaussian_prior_is_the_normal_density():
+    prior = gaussian_prior_log_prob(VESchedule(0.01, 5.0))
+    z = torch.randn(6, 3, generator=g(10))
+    expected = torch.distributions.Normal(0.0, 5.0).log_prob(z).sum(1)
+    torch.testing.assert_close(prior(z), expected)
+
+
+def test_bits_per_dim_of_a_float32_model_with_a_gaussian_prior():
+    """A module that moves nothing, float32 parameters, a N(0, 1) prior: bits/dim must be
+    7 - mean log N(x) / (D ln 2) for the dequantized images x, with the Hutchinson path on."""
+
+    class Still(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros((), dtype=torch.float32))
+
+        def forward(self, x, t):
+            return self.w * x
+
+    k = torch.randint(0, 256, (20, 1, 2, 2), generator=g(11))
+    prior = gaussian_prior_log_prob(VPSchedule())  # sigma(1) = 1 to 4 digits
+    bpd, log_unit, _ = bits_per_dim(Still(), k, prior_log_prob=prior, probes=1, generator=g(12))
+    x = symmetric_dequantized(k, generator=g(12)).double()
+    expected = 7 - prior(x).mean().item() / (4 * math.log(2))
+    assert log_unit.dtype == torch.float32
+    assert bpd == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(ValueError, match="drop sampler="):
+        bits_per_dim(Still(), k, prior_log_prob=prior, sampler=euler)
 
 
 def test_ddim_is_an_euler_step_in_y_and_r_and_tends_to_euler_in_x():
