@@ -42,6 +42,18 @@ def gaussian_velocity(mean: torch.Tensor, cov: torch.Tensor) -> Callable:
     return v
 
 
+def _mixture_log_weights(means: torch.Tensor, std, weights) -> torch.Tensor:
+    """Check a mixture's means (K, D), std and weights (K,); return the log-weights (K,)."""
+    check_tensor(means, "means (component means)", shape=("K", "D"), floating=True, finite=True)
+    if not (isinstance(std, (int, float)) and std >= 0 and math.isfinite(std)):
+        raise ValueError(f"std must be a number >= 0, got {std!r}")
+    k = means.shape[0]
+    w = torch.full((k,), 1.0 / k) if weights is None else torch.as_tensor(weights)
+    if w.shape != (k,) or (w < 0).any() or abs(float(w.sum()) - 1) > 1e-4:
+        raise ValueError(f"weights must be {k} non-negative numbers summing to 1, got {w.tolist()}")
+    return w.to(means).log()
+
+
 def gaussian_mixture_velocity(means: torch.Tensor, std: float, weights=None) -> Callable:
     """Exact velocity for data = a mixture of N(mean_k, std^2 I) and noise N(0, I).
 
@@ -56,14 +68,7 @@ def gaussian_mixture_velocity(means: torch.Tensor, std: float, weights=None) -> 
     Returns:
         ``v(x, t)`` for x (B, D), t (B,) with t < 1 or std > 0.
     """
-    check_tensor(means, "means (component means)", shape=("K", "D"), floating=True, finite=True)
-    if not (isinstance(std, (int, float)) and std >= 0 and math.isfinite(std)):
-        raise ValueError(f"std must be a number >= 0, got {std!r}")
-    k = means.shape[0]
-    w = torch.full((k,), 1.0 / k) if weights is None else torch.as_tensor(weights)
-    if w.shape != (k,) or (w < 0).any() or abs(float(w.sum()) - 1) > 1e-4:
-        raise ValueError(f"weights must be {k} non-negative numbers summing to 1, got {w.tolist()}")
-    log_w = w.to(means).log()  # (K,)
+    log_w = _mixture_log_weights(means, std, weights)  # (K,)
 
     def v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         s = t.to(means.dtype)[:, None, None]  # (B, 1, 1)
@@ -121,14 +126,7 @@ def gaussian_mixture_score(means: torch.Tensor, std: float, schedule, weights=No
     Returns:
         ``score(x, t)`` for x (B, D), t (B,) (c_t must be positive).
     """
-    check_tensor(means, "means (component means)", shape=("K", "D"), floating=True, finite=True)
-    if not (isinstance(std, (int, float)) and std >= 0 and math.isfinite(std)):
-        raise ValueError(f"std must be a number >= 0, got {std!r}")
-    k = means.shape[0]
-    w = torch.full((k,), 1.0 / k) if weights is None else torch.as_tensor(weights)
-    if w.shape != (k,) or (w < 0).any() or abs(float(w.sum()) - 1) > 1e-4:
-        raise ValueError(f"weights must be {k} non-negative numbers summing to 1, got {w.tolist()}")
-    log_w = w.to(means).log()  # (K,)
+    log_w = _mixture_log_weights(means, std, weights)  # (K,)
 
     def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         alpha, sigma = _path_coefficients(schedule, t, means.dtype)

@@ -24,18 +24,8 @@ from collections.abc import Callable
 
 import torch
 
-from nbutils.samplers import check_grid
+from nbutils.samplers import check_grid, velocity  # velocity: a field at one time, checked
 from nbutils.tensors import check_count, check_tensor, draw
-
-
-def _score_at(score: Callable, x: torch.Tensor, t: float) -> torch.Tensor:
-    tb = torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
-    s = score(x, tb)
-    if s.shape != x.shape:
-        raise ValueError(
-            f"the score model returned shape {tuple(s.shape)} for x of shape {tuple(x.shape)}"
-        )
-    return s
 
 
 def _check_step(value, name: str) -> float:
@@ -77,7 +67,7 @@ def langevin(
         raise ValueError(f"t must be a level (time) in [0, 1], got {t}")
     for i in range(n_steps):
         z = draw(torch.randn, x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = x + step * _score_at(score, x, t) + math.sqrt(2 * step) * z
+        x = x + step * velocity(score, x, t) + math.sqrt(2 * step) * z
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "step_size": step, "nfe": i + 1})
     return x
@@ -172,7 +162,7 @@ def langevin_step(
     batch (Song et al. 2021), so that the drift is ``snr`` times the size of the noise.
     """
     z = draw(torch.randn, x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    s = _score_at(score, x, t)
+    s = velocity(score, x, t)
     if step is None:
         score_norm = s.flatten(1).norm(dim=1).mean()
         noise_norm = z.flatten(1).norm(dim=1).mean()
@@ -191,4 +181,4 @@ def tweedie(score: Callable, x: torch.Tensor, t: float, sigma: float) -> torch.T
     """
     check_tensor(x, "x", shape=("B", "*"), floating=True)
     sigma = _check_step(sigma, "sigma")
-    return x + sigma**2 * _score_at(score, x, t)
+    return x + sigma**2 * velocity(score, x, t)

@@ -29,7 +29,7 @@ import torch
 
 from nbutils.langevin import langevin_step
 from nbutils.paths import Schedule, uniform_times
-from nbutils.samplers import check_grid
+from nbutils.samplers import check_grid, velocity
 from nbutils.tensors import append_dims, check_tensor, draw
 
 
@@ -75,18 +75,8 @@ class SDE:
 
     def reverse_drift(self, score: Callable, x: torch.Tensor, t: float) -> torch.Tensor:
         """``f(t) x - g(t)^2 s(x, t)``, the drift of the reverse-time SDE (as dx/dt)."""
-        s = _score_at(score, x, t)
+        s = velocity(score, x, t)
         return float(self.f(t)) * x - float(self.g2(t)) * s
-
-
-def _score_at(score: Callable, x: torch.Tensor, t: float) -> torch.Tensor:
-    tb = torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
-    s = score(x, tb)
-    if s.shape != x.shape:
-        raise ValueError(
-            f"the score returned shape {tuple(s.shape)} for x of shape {tuple(x.shape)}"
-        )
-    return s
 
 
 def noise_loss(net: Callable, batch, *, schedule: Schedule, t_min: float = 1e-3,
@@ -196,7 +186,7 @@ def ddpm_ancestral(score: Callable, x: torch.Tensor, ts, *, schedule: Schedule, 
                 f"(alpha^2 + sigma^2 = 1, alpha falling); {type(schedule).__name__} gives alpha "
                 f"{alphas.tolist()}, sigma {sigmas.tolist()} at {[t, t_next]}"
             )
-        x = (x + beta * _score_at(score, x, t)) / a
+        x = (x + beta * velocity(score, x, t)) / a
         if i < len(grid) - 2:
             z = draw(torch.randn, x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = x + math.sqrt(beta) * z
