@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from weights import randomize
 
 from nbutils.flows import (
     DequantizedFlow,
@@ -29,14 +29,6 @@ def _all_in_float64(float64):
 
 def levels(n, shape=(1, 4, 4), seed=0):
     return torch.randint(0, 256, (n, *shape), generator=torch.Generator().manual_seed(seed))
-
-
-def randomize(module: nn.Module, scale=0.3, seed=0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(scale * torch.randn(p.shape, generator=g))
-    return module
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1e-6, 0.05])
@@ -63,7 +55,7 @@ def test_variational_dequantizer_starts_uniform():
 
 
 def test_variational_density_matches_its_samples_and_integrates_to_one():
-    deq = randomize(VariationalDequantizer((1, 2, 2), couplings=3, hidden=8, blocks=1), 0.15)
+    deq = randomize(VariationalDequantizer((1, 2, 2), couplings=3, hidden=8, blocks=1), scale=0.15)
     k = levels(1, shape=(1, 2, 2)).expand(4000, 1, 2, 2)
     u, log_q = deq.sample(k, generator=torch.Generator().manual_seed(2))
     assert log_q.std() > 0.1  # no longer uniform

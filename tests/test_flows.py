@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 from torch import nn
+from weights import randomize
 
 from nbutils import flows
 from nbutils.flows import (
@@ -34,15 +35,6 @@ PRIORS = pytest.mark.parametrize(
 @pytest.fixture(autouse=True)
 def _all_in_float64(float64):
     """Every test here runs in float64 (the conftest fixture restores the default)."""
-
-
-def randomize(module: nn.Module, seed: int = 0, scale: float = 0.3) -> nn.Module:
-    """Replace every parameter by scale * N(0, 1) (zero-initialised layers would hide bugs)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(scale * torch.randn(p.shape, generator=g))
-    return module
 
 
 def conv(cin, cout):

@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 from torch import nn
+from weights import randomize
 
 from nbutils.flows import (
     ActNorm,
@@ -33,19 +34,6 @@ from nbutils.flows import (
 @pytest.fixture(autouse=True)
 def _all_in_float64(float64):
     """Every test here runs in float64 (the conftest fixture restores the default)."""
-
-
-def randomize(module: nn.Module, seed: int = 0, scale: float = 0.1) -> nn.Module:
-    """Every parameter to scale * N(0, 1): zero-initialised last layers would hide bugs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(scale * torch.randn(p.shape, generator=g))
-    for m in module.modules():  # keep actnorm from re-initialising over the random values
-        if isinstance(m, ActNorm):
-            m.initialized.fill_(True)
-            m._ready = True
-    return module
 
 
 def small_multiscale(levels=2):
@@ -76,7 +64,7 @@ CASES = {
 
 
 def make(name):
-    return randomize(CASES[name]())
+    return randomize(CASES[name](), scale=0.1)
 
 
 def inputs(t, n=3, seed=0):
@@ -162,7 +150,7 @@ def test_actnorm_refuses_to_initialise_from_one_example():
 @pytest.mark.parametrize("lu", [True, False])
 def test_conv1x1_logdet_is_positions_times_log_abs_det_w(lu):
     conv = randomize(
-        InvertibleConv1x1((3, 5, 4), lu=lu, generator=torch.Generator().manual_seed(0))
+        InvertibleConv1x1((3, 5, 4), lu=lu, generator=torch.Generator().manual_seed(0)), scale=0.1
     )
     w = conv.matrix()
     expected = 20 * torch.linalg.slogdet(w).logabsdet
@@ -236,7 +224,9 @@ def test_bad_inputs_are_clear_errors():
 def test_under_bf16_autocast_the_latent_path_and_logdet_stay_exact():
     """Only conditioners may run in bf16: the 1x1 convolution's log-det must be that of the
     matrix it applies, and the whole stack must still invert (float32 data, CPU autocast)."""
-    conv = randomize(InvertibleConv1x1((4, 3, 3), generator=torch.Generator().manual_seed(0)))
+    conv = randomize(
+        InvertibleConv1x1((4, 3, 3), generator=torch.Generator().manual_seed(0)), scale=0.1
+    )
     ms = make("multiscale-2")
     for module in (conv, ms):
         module.float()
