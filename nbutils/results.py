@@ -3,7 +3,10 @@
     python -m nbutils.results --profile cpu [--chapters 01,07] [--archive OUT.tar.gz]
 
 Each chapter's notebook ``book/NN_*.ipynb`` runs in its own process through
-:mod:`nbutils.run`, training from scratch (a fresh checkpoint folder under ``runs/``), with its
+:mod:`nbutils.run`, training from scratch (a fresh checkpoint folder under ``runs/``; with
+``--checkpoints DIR`` one folder, kept as it is, for all the chapters of the run and of later
+runs, so that a chapter loads what an earlier one trained, as chapter 06 loads chapters 02,
+03, 05 and 07), with its
 output also written to ``runs/<profile>/<chapter>/log.txt``. Its ``report(...)`` numbers, wall
 time, date, machine, torch version and commit are merged into ``results/<profile>.json`` (other
 chapters are kept as they were), and the whole file is rendered as ``results/<profile>.md``.
@@ -52,13 +55,21 @@ def notebooks(book: Path, chapters: list[str] | None) -> dict[str, Path]:
 
 
 def run_chapter(
-    chapter: str, notebook: Path, profile: str, runs: Path, note: str | None = None
+    chapter: str,
+    notebook: Path,
+    profile: str,
+    runs: Path,
+    note: str | None = None,
+    checkpoints: Path | None = None,
 ) -> dict:
     """Run one notebook in a fresh process; return its results entry (with ``note`` if given,
-    e.g. how the machine was shared)."""
+    e.g. how the machine was shared). ``checkpoints``: a folder shared with other chapters of
+    the run, kept as it is; by default a fresh folder of the chapter's own, so that the wall
+    time includes training."""
     out = runs / profile / chapter
-    checkpoints = out / "checkpoints"  # fresh, so that the wall time includes training
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    if checkpoints is None:
+        checkpoints = out / "checkpoints"
+        shutil.rmtree(checkpoints, ignore_errors=True)
     env = {**os.environ, "NBUTILS_CKPT": str(checkpoints.resolve())}
     cmd = [sys.executable, "-m", "nbutils.run", str(notebook), "--profile", profile]
     started = time.perf_counter()
@@ -108,10 +119,15 @@ def write_archive(archive: Path, profile: str, results_dir: Path, runs: Path) ->
             tar.add(
                 folder,
                 arcname=f"runs/{profile}",
-                filter=lambda m: None if "/checkpoints" in m.name else m,
+                filter=lambda m: None if _is_checkpoints(m.name) else m,
             )
     print(f"packed the results and every run output into {archive}")
     return archive
+
+
+def _is_checkpoints(name: str) -> bool:
+    """A chapter's checkpoint folder or the shared one (never packed: large, and rebuilt)."""
+    return any(part.endswith("checkpoints") for part in Path(name).parts)
 
 
 def _read_results(source: Path, profile: str) -> dict:
@@ -253,6 +269,14 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--note", help="a remark stored with each chapter's entry")
     parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        metavar="DIR",
+        help="one checkpoint folder for every chapter of the run, in the order given, kept as "
+        "it is: a chapter reuses the models an earlier chapter (of this run or an earlier one) "
+        "trained there, and its wall time excludes that training (the entry's note says so)",
+    )
+    parser.add_argument(
         "--readme",
         action="store_true",
         help="only rewrite, from results/*.json, the results table of README.md and the "
@@ -284,9 +308,16 @@ def main(argv=None) -> int:
     results = (
         json.loads(path.read_text()) if path.exists() else {"profile": args.profile, "chapters": {}}
     )
-    failed = []
-    for chapter, notebook in notebooks(args.book, chapters).items():
-        entry = run_chapter(chapter, notebook, args.profile, args.runs, args.note)
+    failed, note = [], args.note
+    if args.checkpoints is not None:
+        args.checkpoints.mkdir(parents=True, exist_ok=True)
+        shared = (
+            f"checkpoints in the shared folder {args.checkpoints.name}/: models found there "
+            "(trained by earlier chapters) were loaded, not trained in this wall time"
+        )
+        note = f"{note}; {shared}" if note else shared
+    for chapter, notebook in notebooks(args.book, chapters).items():  # in the order given
+        entry = run_chapter(chapter, notebook, args.profile, args.runs, note, args.checkpoints)
         if entry["status"] != "ok":
             failed.append(chapter)
         results["chapters"][chapter] = entry

@@ -113,3 +113,38 @@ def test_compare_finds_changed_numbers_and_skips_times(tmp_path, capsys):
     assert results.main(["--compare", str(a), str(c)]) == 1
     assert "01 'nll': 90.0 != 90.5" in capsys.readouterr().out
     assert results.compare({"chapters": {}}, entry(1.0, 1.0)) == ["chapter 01: only in the second"]
+
+
+def test_shared_checkpoints_let_a_later_chapter_load_an_earlier_ones(tmp_path, monkeypatch):
+    """With --checkpoints DIR the chapters run in the order given, in that one folder, kept
+    across runs; the entries say so. Without it each chapter starts from an empty folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "book").mkdir()
+    _notebook(
+        tmp_path / "book" / "05_a.ipynb",
+        "from nbutils.runtime import checkpoint_root\n"
+        "checkpoint_root().mkdir(parents=True, exist_ok=True)\n"
+        "(checkpoint_root() / 'model.pt').write_text('trained')\n"
+        "from nbutils.report import report\n"
+        "report('05', {'y': {'value': 2.0}})",
+    )
+    _notebook(
+        tmp_path / "book" / "06_b.ipynb",
+        "from nbutils.report import report\n"
+        "from nbutils.runtime import checkpoint_root\n"
+        "assert (checkpoint_root() / 'model.pt').read_text() == 'trained'\n"
+        "report('06', {'x': {'value': 1.0}})",
+    )
+    assert results.main(["--profile", "smoke", "--chapters", "05,06"]) == 1  # 06 finds nothing
+    shared = ["--checkpoints", "runs/shared"]
+    assert results.main(["--profile", "smoke", "--chapters", "06,05", *shared]) == 1  # in order
+    assert results.main(["--profile", "smoke", "--chapters", "06", *shared]) == 0  # kept
+    saved = json.loads((tmp_path / "results" / "smoke.json").read_text())["chapters"]
+    assert saved["06"]["metrics"]["x"]["value"] == 1.0
+    assert "shared folder shared/" in saved["06"]["note"]
+    archive = tmp_path / "out.tar.gz"
+    assert results.main(["--profile", "smoke", "--chapters", "05", "--archive", str(archive)]) == 0
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        assert not any("checkpoints" in name for name in tar.getnames())
