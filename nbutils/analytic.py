@@ -1,7 +1,8 @@
 """Closed forms that serve as ground truth in tests and 2D sections: the exact velocity of the
 rectified-flow path (t = 0 data, t = 1 noise, ``x_t = (1 - t) x_0 + t x_1``) for Gaussian data
 and for isotropic Gaussian mixtures, and the exact scores of the same data noised along any
-path of :mod:`nbutils.paths` (chapter 04).
+path of :mod:`nbutils.paths` (chapter 04), and the exact noised density of a mixture (the
+Gaussian convolution that solves the heat equation, chapter 06).
 """
 
 from __future__ import annotations
@@ -137,3 +138,32 @@ def gaussian_mixture_score(means: torch.Tensor, std: float, schedule, weights=No
         return (post * -diff / c_t).sum(1).to(x.dtype)  # (B, D)
 
     return score
+
+
+def gaussian_mixture_log_density(means: torch.Tensor, std: float, schedule,
+                                 weights=None) -> Callable:  # fmt: skip
+    """Exact log p_t of a mixture of N(mean_k, std^2 I) noised along ``schedule``.
+
+    ``p_t`` is the data density scaled by alpha(t) and convolved with N(0, sigma(t)^2 I):
+    ``p_t(x) = sum_k w_k N(x; alpha mean_k, (alpha^2 std^2 + sigma^2) I)``. For a VE path
+    (alpha = 1) it solves the heat equation ``dp/dt = (1/2) (d sigma^2 / dt) Laplacian p``
+    (note 06); its gradient is :func:`gaussian_mixture_score`.
+
+    Args:
+        means: (K, D); std: component standard deviation; schedule: a path of
+            :mod:`nbutils.paths`; weights: (K,) (default uniform).
+
+    Returns:
+        ``log_density(x, t)`` for x (B, D), t (B,) -> (B,), in the dtype of ``means``.
+    """
+    log_w = _mixture_log_weights(means, std, weights)  # (K,)
+    d = means.shape[1]
+
+    def log_density(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        alpha, sigma = _path_coefficients(schedule, t, means.dtype)
+        c_t = (alpha**2 * std**2 + sigma**2)[:, None]  # (B, 1)
+        diff = x.to(means.dtype)[:, None, :] - alpha[:, None, None] * means  # (B, K, D)
+        log_n = -0.5 * diff.pow(2).sum(-1) / c_t - 0.5 * d * torch.log(2 * math.pi * c_t)
+        return torch.logsumexp(log_w + log_n, dim=1)  # (B,)
+
+    return log_density

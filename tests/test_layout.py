@@ -41,6 +41,7 @@ SHARED = {
     "nbutils.analytic",
     "nbutils.samplers",
     "nbutils.likelihood",
+    "nbutils.trained",
     "nbutils.langevin",
     "nbutils.metrics",
 }

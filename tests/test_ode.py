@@ -9,12 +9,15 @@ import math
 import pytest
 import torch
 
-from nbutils.analytic import gaussian_score
+from nbutils.analytic import gaussian_mixture_log_density, gaussian_mixture_score, gaussian_score
 from nbutils.likelihood import ode_log_prob, rademacher
 from nbutils.ode import (
     ProbabilityFlow,
     bits_per_dim,
+    bpd,
     ddim,
+    decode,
+    encode,
     gaussian_prior_log_prob,
     symmetric_dequantized,
 )
@@ -113,18 +116,20 @@ def test_gaussian_prior_is_the_normal_density():
     torch.testing.assert_close(prior(z), expected)
 
 
+class Still(torch.nn.Module):
+    """A velocity that moves nothing (so bits/dim is the prior's), with one float32 weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros((), dtype=torch.float32))
+
+    def forward(self, x, t):
+        return self.w * x
+
+
 def test_bits_per_dim_of_a_float32_model_with_a_gaussian_prior():
     """A module that moves nothing, float32 parameters, a N(0, 1) prior: bits/dim must be
     7 - mean log N(x) / (D ln 2) for the dequantized images x, with the Hutchinson path on."""
-
-    class Still(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros((), dtype=torch.float32))
-
-        def forward(self, x, t):
-            return self.w * x
-
     k = torch.randint(0, 256, (20, 1, 2, 2), generator=g(11))
     prior = gaussian_prior_log_prob(VPSchedule())  # sigma(1) = 1 to 4 digits
     bpd, log_unit, _ = bits_per_dim(Still(), k, prior_log_prob=prior, probes=1, generator=g(12))
@@ -172,6 +177,72 @@ def test_hutchinson_probe_is_fixed_within_one_solve():
     )
 
 
+MIX_MEANS = torch.tensor([[-1.5, 0.0], [1.0, 1.0], [0.5, -1.5]], dtype=torch.float64)
+
+
+def test_ve_marginal_solved_from_the_heat_equation_is_the_gaussian_convolution():
+    """March dp/ds = (1/2) Laplacian p (s = sigma^2) on a grid by explicit finite differences,
+    from the exact p at t0 to t1; the result is the closed-form convolution at t1."""
+    ve = VESchedule(0.01, 5.0)
+    density = gaussian_mixture_log_density(MIX_MEANS, 0.3, ve)
+    h, t0, t1 = 0.08, 0.2, 0.45
+    axis = torch.arange(-5.0, 5.0 + h / 2, h, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+    n = len(axis)
+
+    def p_at(t):
+        return density(grid, torch.full((len(grid),), t)).exp().reshape(n, n)
+
+    s0, s1 = (float(ve.sigma(torch.tensor(t))) ** 2 for t in (t0, t1))
+    steps = math.ceil((s1 - s0) / (0.4 * h**2))  # explicit scheme: stable for ds <= h^2 / 2
+    ds, p = (s1 - s0) / steps, p_at(t0)
+    for _ in range(steps):
+        lap = torch.zeros_like(p)
+        lap[1:-1, 1:-1] = (
+            p[2:, 1:-1] + p[:-2, 1:-1] + p[1:-1, 2:] + p[1:-1, :-2] - 4 * p[1:-1, 1:-1]
+        ) / h**2
+        p = p + 0.5 * ds * lap
+    exact = p_at(t1)
+    assert (p - exact).abs().max() < 2e-3 * exact.max()
+    assert (p_at(t0) - exact).abs().max() > 0.2 * exact.max()  # the density did change
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_the_mixture_score_is_the_gradient_of_its_log_density(name):
+    schedule = SCHEDULES[name]
+    x = torch.randn(7, 2, generator=g(13), requires_grad=True)
+    t = torch.rand(7, generator=g(14)) * 0.9 + 0.05
+    log_p = gaussian_mixture_log_density(MIX_MEANS, 0.3, schedule)(x, t)
+    (grad,) = torch.autograd.grad(log_p.sum(), x)
+    torch.testing.assert_close(grad, gaussian_mixture_score(MIX_MEANS, 0.3, schedule)(x, t))
+
+
+def test_bpd_over_batches_is_the_batch_formula_image_by_image():
+    """With the exact divergence the generator only draws the dequantization, in image order,
+    so the chunking cannot change any image's bits/dim; and each agrees with bits_per_dim."""
+    k = torch.randint(0, 256, (12, 1, 2, 2), generator=g(15))
+    vp = VPSchedule()
+    whole = bpd(Still(), k, schedule=vp, kind="velocity", probes=None, batch_size=12, seed=3,
+                progress=False)  # fmt: skip
+    pieces = bpd(Still(), k, schedule=vp, kind="velocity", probes=None, batch_size=5, seed=3,
+                 progress=False)  # fmt: skip
+    torch.testing.assert_close(whole.per_image, pieces.per_image)
+    one, _, _ = bits_per_dim(Still(), k, prior_log_prob=gaussian_prior_log_prob(vp), probes=None,
+                             generator=torch.Generator().manual_seed(3))  # fmt: skip
+    assert whole.bpd == pytest.approx(one, abs=1e-5)
+    assert whole.bpd == pytest.approx(whole.per_image.mean().item(), abs=1e-9)
+    assert whole.nfe > 0 and pieces.nfe > 0
+
+
+def test_the_deterministic_encoder_inverts():
+    schedule = SCHEDULES["VP"]
+    flow = ProbabilityFlow(noise_net(schedule), schedule)
+    x = (MEAN + 0.3 * torch.randn(6, 2, generator=g(16))).clamp(-1, 1)
+    z = encode(flow, x, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(decode(flow, z, rtol=1e-8, atol=1e-8), x, atol=1e-5, rtol=0)
+    assert (z - x).abs().max() > 0.1  # it moved
+
+
 def test_bad_inputs_are_clear_errors():
     schedule = SCHEDULES["VP"]
     with pytest.raises(TypeError, match="pass the 8-bit images themselves"):
@@ -186,3 +257,12 @@ def test_bad_inputs_are_clear_errors():
         ddim(noise_net(schedule), torch.full((2, 2), math.nan), time_grid(2), schedule=schedule)
     with pytest.raises(ValueError, match="kind must be one of"):
         ProbabilityFlow(torch.nn.Identity(), schedule, kind="epsilon")
+    flow = ProbabilityFlow(noise_net(schedule), schedule)
+    with pytest.raises(
+        ValueError, match=r"must hold images in \[-1, 1\], got values in \[0, 255\]"
+    ):
+        encode(flow, torch.tensor([[0.0, 255.0]]))  # an 8-bit image where [-1, 1] is expected
+    with pytest.raises(ValueError, match="strictly monotone"):
+        ddim(noise_net(schedule), torch.zeros(2, 2), [1.0, 1.0, 0.5], schedule=schedule)
+    with pytest.raises(TypeError, match="pass the 8-bit images themselves"):
+        bpd(Still(), torch.rand(3, 1, 2, 2), schedule=schedule, progress=False)
