@@ -167,8 +167,9 @@ class BitsPerDim(NamedTuple):
 
 
 def bpd(net: Callable, k: torch.Tensor, *, schedule: Schedule, kind: str = "noise",
-        t_min: float = 1e-5, probes: int | None = 1, batch_size: int = 500, seed: int = 0,
-        progress: bool = True, **solver) -> BitsPerDim:  # fmt: skip
+        t_min: float = 1e-5, probes: int | None = 1, probe: str = "rademacher",
+        batch_size: int = 500, seed: int = 0, progress: bool = True,
+        **solver) -> BitsPerDim:  # fmt: skip
     """Bits per dimension of 8-bit images under any of the book's continuous-time models.
 
     The network's prediction (noise, x_0, score or velocity on ``schedule``) becomes the
@@ -184,6 +185,7 @@ def bpd(net: Callable, k: torch.Tensor, *, schedule: Schedule, kind: str = "nois
             and ``"noise"`` (chapter 05), ``RectifiedSchedule()`` and ``"velocity"`` (07).
         t_min: where the integration starts (Song et al. use 1e-5 on VP; 0 is fine for RF).
         probes: Hutchinson probes per solve (None: the exact divergence, D passes).
+        probe: ``"rademacher"`` (random signs, the lower variance) or ``"gaussian"``.
         batch_size: images per solve (memory and the adaptive steps depend on it, not the
             expectation).
         **solver: ``rtol``, ``atol`` of :func:`~nbutils.samplers.rk45` (default 1e-5 each).
@@ -201,7 +203,7 @@ def bpd(net: Callable, k: torch.Tensor, *, schedule: Schedule, kind: str = "nois
     with Timer(ref.device if ref is not None else None) as timer:
         for chunk in tqdm(chunks, desc="bits/dim", leave=False, disable=not progress):
             _, log_unit, nfe = bits_per_dim(
-                flow, chunk, prior_log_prob=prior, t_min=t_min, probes=probes,
+                flow, chunk, prior_log_prob=prior, t_min=t_min, probes=probes, probe=probe,
                 generator=generator, **solver,
             )  # fmt: skip
             logs.append(log_unit.detach().double().cpu())

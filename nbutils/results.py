@@ -126,8 +126,9 @@ def write_archive(archive: Path, profile: str, results_dir: Path, runs: Path) ->
 
 
 def _is_checkpoints(name: str) -> bool:
-    """A chapter's checkpoint folder or the shared one (never packed: large, and rebuilt)."""
-    return any(part.endswith("checkpoints") for part in Path(name).parts)
+    """A checkpoint, or a folder of them (never packed: large, and rebuilt by a run)."""
+    path = Path(name)
+    return path.suffix == ".pt" or any(part.endswith("checkpoints") for part in path.parts)
 
 
 def _read_results(source: Path, profile: str) -> dict:

@@ -76,7 +76,8 @@ def finished_checkpoints(name: str, match: dict | None = None, run_profile: str 
 
 def load_trained(name: str, build: Callable[[dict], nn.Module], *, match: dict | None = None,
                  device=None) -> Trained | None:  # fmt: skip
-    """Rebuild and load the newest finished model ``name`` of the current profile.
+    """Rebuild and load the newest finished model ``name`` of the current profile (older ones are
+    tried in turn where ``build`` makes another architecture than the newest's).
 
     Args:
         name, match: as in :func:`finished_checkpoints`.
@@ -88,19 +89,24 @@ def load_trained(name: str, build: Callable[[dict], nn.Module], *, match: dict |
         A :class:`Trained`, or None when no finished checkpoint matches.
 
     Raises:
-        CheckpointMismatch: the rebuilt model has other parameter names or shapes than the
-            checkpoint (``build`` does not make the network that was trained).
+        CheckpointMismatch: for no candidate does the rebuilt model have the checkpoint's
+            parameter names and shapes (``build`` does not make the network that was trained).
     """
     found = finished_checkpoints(name, match)
     if not found:
         return None
-    path, state = found[0]
-    model = build(state["config"])
-    if architecture(model) != state["architecture"]:
+    path = None
+    for candidate, state in found:  # newest first; a variant of another architecture is skipped
+        model = build(state["config"])
+        if architecture(model) == state["architecture"]:
+            path = candidate
+            break
+    if path is None:
         raise CheckpointMismatch(
-            f"{path} holds a {len(state['architecture'])}-tensor model that the rebuilt "
-            f"{type(model).__name__} ({len(architecture(model))} tensors) does not match; "
-            "build(config) must make the trained architecture"
+            f"none of the {len(found)} finished checkpoint(s) of {name!r} "
+            f"({', '.join(p.name for p, _ in found)}) has the architecture that build(config) "
+            f"makes ({type(model).__name__}, {len(architecture(model))} tensors); build(config) "
+            "must make the trained architecture"
         )
     weights, kind = state["model"], "last"
     if state.get("ema"):

@@ -142,9 +142,12 @@ def test_shared_checkpoints_let_a_later_chapter_load_an_earlier_ones(tmp_path, m
     saved = json.loads((tmp_path / "results" / "smoke.json").read_text())["chapters"]
     assert saved["06"]["metrics"]["x"]["value"] == 1.0
     assert "shared folder shared/" in saved["06"]["note"]
+    (tmp_path / "runs" / "smoke" / "kept").mkdir()
+    (tmp_path / "runs" / "smoke" / "kept" / "model.pt").write_text("weights")
     archive = tmp_path / "out.tar.gz"
     assert results.main(["--profile", "smoke", "--chapters", "05", "--archive", str(archive)]) == 0
     import tarfile
 
     with tarfile.open(archive) as tar:
-        assert not any("checkpoints" in name for name in tar.getnames())
+        names = tar.getnames()
+    assert not any("checkpoints" in name or name.endswith(".pt") for name in names), names

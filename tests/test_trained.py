@@ -70,6 +70,19 @@ def test_the_kept_best_weights_are_loaded_and_unfinished_runs_skipped(tmp_path):
     assert finished_checkpoints("sel") == [] and load_trained("sel", net) is None
 
 
+def test_a_newer_variant_of_another_architecture_is_skipped(tmp_path):
+    import os
+
+    model, loss, batches = problem(width=8)
+    train.load_or_train("reg", model, loss, batches, config={"width": 8}, steps=5)
+    other, loss2, batches2 = problem(width=4)
+    train.load_or_train("reg", other, loss2, batches2, config={"width": 4}, steps=5)
+    older, newer = sorted((tmp_path / "smoke").glob("reg-*.pt"), key=lambda p: p.stat().st_mtime)
+    os.utime(older, (1, 1))  # make the order certain
+    found = load_trained("reg", lambda c: net({"width": 8}))  # builds only the width-8 model
+    assert found.config["width"] == 8 and same(found.model.state_dict(), model.state_dict())
+
+
 def test_bad_names_and_a_wrong_architecture_are_clear_errors(tmp_path):
     model, loss, batches = problem()
     train.load_or_train("reg", model, loss, batches, config={"width": 8}, steps=5)
