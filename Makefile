@@ -4,9 +4,11 @@
 #                                  and write the HTML book to _build/html
 #   make test                      lint + notebook hygiene + unit tests + every notebook in the
 #                                  smoke profile + a clean `jupyter-book build -W` + browser check
-#   make results PROFILE=cpu [CHAPTERS=01,07] [ARCHIVE=out.tar.gz]
+#   make results PROFILE=cpu [CHAPTERS=01,07] [ARCHIVE=out.tar.gz] [CHECKPOINTS=runs/shared]
 #                                  measured numbers into results/<profile>.* (and, with ARCHIVE,
-#                                  every output of the run packed into one file)
+#                                  every output of the run packed into one file; with
+#                                  CHECKPOINTS, one kept checkpoint folder for all chapters, so
+#                                  that CHAPTERS=02,03,05,07,06 lets 06 load the others' models)
 #   make bench                     training images/s of each model family, fit() against a bare
 #                                  loop, and the cost of subnormal floats: results/bench-<device>.*
 #   make same-numbers [REF=HEAD]   the smoke numbers of this tree equal those of commit REF
@@ -191,7 +193,7 @@ book: $(VENV_STAMP) $(DATA_STAMP) $(ASSETS_STAMP)  ## execute the notebooks, HTM
 results: $(VENV_STAMP) $(DATA_STAMP)  ## run notebooks headless, write results/<PROFILE>.json/.md
 	@profile="$${NBUTILS_PROFILE:-$$($(BIN)/python -c 'from nbutils.runtime import profile; print(profile())')}"
 	$(BIN)/python -m nbutils.results --profile "$$profile" $(if $(CHAPTERS),--chapters $(CHAPTERS)) \
-	    $(if $(ARCHIVE),--archive $(ARCHIVE))
+	    $(if $(ARCHIVE),--archive $(ARCHIVE)) $(if $(CHECKPOINTS),--checkpoints $(CHECKPOINTS))
 
 bench: $(VENV_STAMP) $(DATA_STAMP)  ## training throughput per family: results/bench-<device>.*
 	@profile=$$($(BIN)/python -c 'import torch; print("gpu" if torch.cuda.is_available() else "cpu")')
