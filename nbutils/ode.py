@@ -135,7 +135,8 @@ def bits_per_dim(velocity: Callable, k: torch.Tensor, *, prior_log_prob: Callabl
         k: (B, *) integer images.
         prior_log_prob: log-density at t = 1, e.g. :func:`gaussian_prior_log_prob`.
         t_min: where the integration starts (p_{t_min} stands for the data density).
-        **solver: passed to the sampler (e.g. ``rtol``, ``atol``).
+        **solver: passed to :func:`~nbutils.likelihood.ode_log_prob`: the sampler's ``rtol``,
+            ``atol``, and ``probe`` (``"rademacher"`` or ``"gaussian"``).
 
     Returns:
         ``(bits/dim of the batch, log p on the unit cube per image (B,), evaluations)``.
