@@ -15,6 +15,9 @@ and differs only in the **schedule** ``(alpha, sigma)``:
 * :class:`VESchedule` (chapters 04, 05): variance exploding, ``alpha = 1`` and a geometric
   ``sigma`` from ``sigma_min`` to ``sigma_max``.
 
+The time densities to train with (uniform; SD3's logit-normal, mode and cosmap, chapter 08) are
+at the end: :func:`time_sampler` by name, :func:`time_cdf` for their laws.
+
 The conditional velocity of the path is ``dx_t/dt = alpha'(t) x_0 + sigma'(t) x_1``. A network
 may predict that velocity, the data ``x_0``, the noise ``x_1`` or the score
 ``grad log p_t(x_t) = -E[x_1 | x_t] / sigma(t)``; given ``x_t`` any one fixes the others
@@ -276,3 +279,83 @@ def logit_normal_times(
         raise ValueError(f"mean must be a finite number, got {mean!r}")
     eps = draw(torch.randn, (n,), generator=generator, device=device)
     return torch.sigmoid(mean + std * eps)
+
+
+def mode_times(n: int, scale: float = 1.29, *, device=None,
+               generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+    """n times ``f(u) = 1 - u - scale (cos^2(pi u / 2) - 1 + u)``, u uniform (SD3's "mode"
+    sampling; ``scale = 0`` is uniform, a positive scale favours the middle). Returns (n,)."""
+    check_count(n, "n")
+    limit = 2 / (math.pi - 2)  # f'(u) = -1 - scale + scale (pi / 2) sin(pi u) <= 0 up to here
+    if not (isinstance(scale, (int, float)) and -1 <= scale <= limit):
+        raise ValueError(f"scale must lie in [-1, {limit:.4f}] so that the map stays monotone, "
+                         f"got {scale!r}")  # fmt: skip
+    u = draw(torch.rand, (n,), generator=generator, device=device)
+    return _mode_map(u, scale)
+
+
+def _mode_map(u: torch.Tensor, scale: float) -> torch.Tensor:
+    return 1 - u - scale * (torch.cos(math.pi / 2 * u) ** 2 - 1 + u)
+
+
+def cosmap_times(n: int, *, device=None, generator: torch.Generator | None = None):
+    """n times ``1 - 1 / (tan(pi u / 2) + 1)``, u uniform (SD3's "cosmap", the density under
+    which the straight path has the cosine schedule's signal-to-noise ratio). Returns (n,)."""
+    check_count(n, "n")
+    u = draw(torch.rand, (n,), generator=generator, device=device)
+    return 1 - 1 / (torch.tan(math.pi / 2 * u) + 1)
+
+
+#: The time densities of chapter 08, by name: what :func:`time_sampler` accepts.
+TIME_DENSITIES = ("uniform", "logit-normal", "mode", "cosmap")
+
+
+def time_sampler(name: str, **params):
+    """The sampler ``sampler(n, device=, generator=) -> (n,)`` of a named time density, with its
+    parameters bound (e.g. ``time_sampler("logit-normal", mean=0.0, std=1.0)``,
+    ``time_sampler("mode", scale=1.29)``): what a loss's ``time_sampler`` argument takes.
+
+    A density is a law that t is **drawn** from; weighting a uniformly drawn t's loss by the
+    density instead is not the same objective's estimator at equal cost, and SD3's choice is
+    the sampling.
+    """
+    samplers = {"uniform": uniform_times, "logit-normal": logit_normal_times,
+                "mode": mode_times, "cosmap": cosmap_times}  # fmt: skip
+    if name not in samplers:
+        raise ValueError(f"unknown time density {name!r}; the valid ones are {TIME_DENSITIES}")
+    base = samplers[name]
+    if params:
+        base(1, **params)  # check the parameters now, with a clear error
+
+    def sampler(n: int, *, device=None, generator: torch.Generator | None = None):
+        return base(n, device=device, generator=generator, **params)
+
+    sampler.__name__ = sampler.__qualname__ = f"{name.replace('-', '_')}_times"
+    return sampler
+
+
+def time_cdf(name: str, t: torch.Tensor, **params) -> torch.Tensor:
+    """The cumulative distribution function of a named time density at t (for tests and plots).
+
+    Uniform: t. Logit-normal: ``Phi((logit t - mean) / std)``. Cosmap: ``(2 / pi)
+    atan(t / (1 - t))``. Mode: ``1 - f^{-1}(t)`` for the decreasing map f of
+    :func:`mode_times`, inverted by bisection.
+    """
+    t = torch.as_tensor(t, dtype=torch.float64).clamp(0, 1)
+    if name == "uniform":
+        return t
+    if name == "logit-normal":
+        mean, std = params.get("mean", 0.0), params.get("std", 1.0)
+        z = (torch.logit(t.clamp(1e-12, 1 - 1e-12)) - mean) / std
+        return 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+    if name == "cosmap":
+        return 2 / math.pi * torch.atan2(t, 1 - t)
+    if name == "mode":
+        scale = params.get("scale", 1.29)
+        low, high = torch.zeros_like(t), torch.ones_like(t)  # f(low) >= t >= f(high)
+        for _ in range(60):
+            mid = (low + high) / 2
+            above = _mode_map(mid, scale) > t
+            low, high = torch.where(above, mid, low), torch.where(above, high, mid)
+        return 1 - (low + high) / 2
+    raise ValueError(f"unknown time density {name!r}; the valid ones are {TIME_DENSITIES}")

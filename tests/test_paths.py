@@ -9,11 +9,15 @@ import torch
 from nbutils.paths import (
     KINDS,
     RECTIFIED,
+    TIME_DENSITIES,
     RectifiedSchedule,
     VESchedule,
     VPSchedule,
     interpolate,
     logit_normal_times,
+    mode_times,
+    time_cdf,
+    time_sampler,
     uniform_times,
 )
 
@@ -118,6 +122,54 @@ def test_time_densities_have_their_laws(device):
     assert abs(uniform.mean() - 0.5) < 0.01 and abs(uniform.var() - 1 / 12) < 0.005
     logits = torch.logit(logit_normal_times(20_000, 0.5, 2.0, generator=g, device=device)).cpu()
     assert abs(logits.mean() - 0.5) < 0.05 and abs(logits.std() - 2.0) < 0.05  # logit ~ N(m, s)
+
+
+DENSITIES = [("uniform", {}), ("logit-normal", {"mean": 0.0, "std": 1.0}),
+             ("logit-normal", {"mean": -0.5, "std": 0.6}), ("mode", {"scale": 1.29}),
+             ("mode", {"scale": -0.8}), ("cosmap", {})]  # fmt: skip
+
+
+def ks_distance(samples: torch.Tensor, cdf: torch.Tensor) -> float:
+    """sup |F_n - F| over the sorted samples (F evaluated there)."""
+    n = len(samples)
+    steps = torch.arange(1, n + 1, dtype=torch.float64) / n
+    return max((steps - cdf).abs().max().item(), (cdf - (steps - 1 / n)).abs().max().item())
+
+
+@pytest.mark.parametrize(("name", "params"), DENSITIES)
+def test_each_time_sampler_draws_from_its_density(name, params):
+    """Kolmogorov-Smirnov: 20,000 draws sit within the 0.1% critical distance 1.95 / sqrt(n) of
+    the density's CDF, and far from the uniform CDF (except for the uniform density itself)."""
+    n = 20_000
+    draws = time_sampler(name, **params)(n, generator=torch.Generator().manual_seed(3))
+    assert draws.shape == (n,) and 0 <= draws.min() and draws.max() <= 1
+    ordered = draws.double().sort().values
+    assert ks_distance(ordered, time_cdf(name, ordered, **params)) < 1.95 / n**0.5
+    if name != "uniform":
+        assert ks_distance(ordered, ordered) > 0.03  # far from the uniform CDF F(t) = t
+
+
+def test_mode_with_scale_zero_is_uniform_and_the_cdfs_are_proper():
+    g = torch.Generator().manual_seed(4)
+    u = torch.Generator().manual_seed(4)
+    torch.testing.assert_close(mode_times(50, 0.0, generator=g), 1 - uniform_times(50, generator=u))
+    grid = torch.linspace(0, 1, 101, dtype=torch.float64)
+    for name, params in DENSITIES:
+        cdf = time_cdf(name, grid, **params)
+        assert abs(cdf[0]) < 1e-9 and abs(cdf[-1] - 1) < 1e-9, name
+        assert (cdf[1:] >= cdf[:-1] - 1e-12).all(), name
+
+
+def test_unknown_time_densities_and_bad_parameters_are_clear_errors():
+    with pytest.raises(ValueError, match=r"unknown time density 'lognormal'.*uniform"):
+        time_sampler("lognormal")
+    with pytest.raises(ValueError, match="unknown time density"):
+        time_cdf("lognormal", torch.zeros(2))
+    with pytest.raises(ValueError, match="stays monotone"):
+        time_sampler("mode", scale=2.0)
+    with pytest.raises(ValueError, match="std must be a positive number"):
+        time_sampler("logit-normal", std=0.0)
+    assert TIME_DENSITIES == ("uniform", "logit-normal", "mode", "cosmap")
 
 
 def test_vp_schedule_matches_its_closed_form():

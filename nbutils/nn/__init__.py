@@ -4,7 +4,9 @@
   :func:`causal_mask`, and :class:`VelocityMLP` (the 2D sections' time-conditioned MLP);
 * :mod:`~nbutils.nn.embeddings`: :func:`sinusoidal_embedding`, :class:`TimeMLP`,
   :class:`FourierFeatures`, :class:`ClassEmbedding` (with an optional "no label" row);
-* :mod:`~nbutils.nn.unet`: the small time-conditioned :class:`UNet` of chapters 04-08.
+* :mod:`~nbutils.nn.unet`: the small time-conditioned :class:`UNet` of chapters 04-08;
+* :mod:`~nbutils.nn.transformer`: :func:`patchify`, :func:`unpatchify`, :func:`sincos_2d`,
+  :class:`Attention` (with QK-norm), :class:`DiTBlock` and :class:`MMDiTBlock` (chapter 08).
 
 The book's MNIST classifier, whose features measure sample quality, is in
 :mod:`nbutils.classifier`.
@@ -19,9 +21,23 @@ from nbutils.nn.layers import (
     VelocityMLP,
     causal_mask,
 )
+from nbutils.nn.transformer import (
+    Attention,
+    DiTBlock,
+    MMDiTBlock,
+    patchify,
+    sincos_2d,
+    unpatchify,
+)
 from nbutils.nn.unet import UNet
 
 __all__ = [
+    "Attention",
+    "DiTBlock",
+    "MMDiTBlock",
+    "patchify",
+    "sincos_2d",
+    "unpatchify",
     "MASK_KINDS",
     "MLP",
     "ClassEmbedding",

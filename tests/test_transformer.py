@@ -1,0 +1,80 @@
+"""The transformer pieces of chapter 08: patchify inverts, 2D position codes are distinct and
+bounded, QK-norm gives unit-RMS queries and keys, adaLN-Zero blocks start as the identity, and
+the MM-DiT block attends jointly across its two streams."""
+
+import pytest
+import torch
+from weights import randomize
+
+from nbutils.nn import transformer as tf
+
+
+def g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("patch", [1, 2, 4, 7])
+def test_unpatchify_inverts_patchify(patch):
+    x = torch.randn(3, 2, 28, 28, generator=g(0))
+    tokens = tf.patchify(x, patch)
+    assert tokens.shape == (3, (28 // patch) ** 2, 2 * patch * patch)
+    assert torch.equal(tf.unpatchify(tokens, patch, (2, 28, 28)), x)
+    if patch == 2:  # row-major: the second token is the patch right of the first
+        assert torch.equal(tokens[0, 1].reshape(2, 2, 2), x[0, :, 0:2, 2:4])
+
+
+def test_2d_position_embeddings_are_distinct_and_bounded():
+    code = tf.sincos_2d(7, 5, 32)
+    assert code.shape == (35, 32) and code.abs().max() <= 1
+    distances = torch.cdist(code, code) + torch.eye(35) * 1e3
+    assert distances.min() > 0.1  # every grid position has its own vector
+    same_row = code.reshape(7, 5, 32)[:, :, :16]  # the row half ignores the column
+    assert torch.allclose(same_row, same_row[:, :1].expand_as(same_row))
+
+
+def test_qk_norm_gives_unit_rms_queries_and_keys():
+    attn = tf.Attention(32, heads=4, qk_norm=True)
+    randomize(attn, scale=3.0, seed=1)
+    with torch.no_grad():
+        attn.q_norm.weight.fill_(1.0)
+        attn.k_norm.weight.fill_(1.0)
+        q, k, _ = attn.qkv_heads(10 * torch.randn(2, 9, 32, generator=g(2)))
+    for t in (q, k):
+        torch.testing.assert_close(t.pow(2).mean(-1).sqrt(), torch.ones(t.shape[:-1]), atol=1e-4,
+                                   rtol=0)  # fmt: skip
+    plain = tf.Attention(32, heads=4)
+    plain.load_state_dict(attn.state_dict(), strict=False)
+    x = torch.randn(2, 9, 32, generator=g(3))
+    with torch.no_grad():  # logits of unit-RMS heads are bounded by sqrt(head_dim)
+        assert attn.logits(100 * x).abs().max() <= 8**0.5 + 1e-4
+        assert plain.logits(100 * x).abs().max() > 10
+
+
+def test_adaln_zero_blocks_start_as_the_identity():
+    x, c, cond = (torch.randn(2, n, 16, generator=g(4)) for n in (6, 3, 1))
+    cond = cond[:, 0]
+    torch.testing.assert_close(tf.DiTBlock(16, 2, 16)(x, cond), x)
+    out_x, out_c = tf.MMDiTBlock(16, 2, 16, qk_norm=True)(x, c, cond)
+    torch.testing.assert_close(out_x, x)
+    torch.testing.assert_close(out_c, c)
+
+
+def test_the_mmdit_block_attends_jointly_across_its_streams():
+    block = tf.MMDiTBlock(16, 2, 16)
+    randomize(block, scale=0.5, seed=5)
+    x, c = torch.randn(2, 6, 16, generator=g(6)), torch.randn(2, 3, 16, generator=g(7))
+    cond = torch.randn(2, 16, generator=g(8))
+    with torch.no_grad():
+        out_x, out_c = block(x, c, cond)
+        other_x, _ = block(x, torch.zeros_like(c), cond)  # the label tokens masked out
+    assert out_x.shape == x.shape and out_c.shape == c.shape
+    assert (out_x - other_x).abs().max() > 1e-3  # the image stream sees the context
+
+
+def test_bad_sizes_are_clear_errors():
+    with pytest.raises(ValueError, match=r"28x28 is not divisible by the patch size 3"):
+        tf.patchify(torch.zeros(1, 1, 28, 28), 3)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        tf.sincos_2d(4, 4, 30)
+    with pytest.raises(ValueError, match="divisible by the number of heads"):
+        tf.Attention(30, heads=4)
