@@ -25,6 +25,7 @@ FAMILIES = {
     "score": {"nbutils.score"},
     "sde": {"nbutils.sde"},
     "ode": {"nbutils.ode"},
+    "latent": {"nbutils.latent"},
 }
 #: Shared pieces (what families build on) and tools (evaluation, plots, running): neither
 #: imports a family.
