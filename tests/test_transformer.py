@@ -78,3 +78,36 @@ def test_bad_sizes_are_clear_errors():
         tf.sincos_2d(4, 4, 30)
     with pytest.raises(ValueError, match="divisible by the number of heads"):
         tf.Attention(30, heads=4)
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_the_label_dit_keeps_the_network_contract_and_uses_its_labels(joint):
+    from nbutils.nn.dit import LabelDiT
+    from nbutils.rectified import flow_matching_loss
+
+    net = LabelDiT((4, 7, 7), patch=1, dim=32, depth=2, heads=2, joint=joint, qk_norm=True)
+    x, t = torch.randn(3, 4, 7, 7, generator=g(9)), torch.rand(3, generator=g(10))
+    y = torch.tensor([1, 2, 10])  # 10: no label
+    assert torch.equal(net(x, t, y), torch.zeros_like(x))  # the output layer starts at zero
+    randomize(net, scale=0.2, seed=11)
+    with torch.no_grad():
+        out = net(x, t, y)
+        other = net(x, t, torch.tensor([7, 2, 10]))
+        unlabelled = net(x, t)  # y=None: every label is "no label"
+    assert out.shape == x.shape
+    assert (out[0] - other[0]).abs().max() > 1e-3 and torch.allclose(out[1:], other[1:])
+    torch.testing.assert_close(unlabelled[2], out[2])
+    loss = flow_matching_loss(lambda xx, tt: net(xx, tt, y), x)  # chapter 07's loss runs it
+    loss.backward()
+    assert torch.isfinite(loss) and net.embed.weight.grad.abs().sum() > 0
+
+
+def test_the_label_dit_refuses_a_patch_that_does_not_divide_the_image():
+    from nbutils.nn.dit import LabelDiT
+
+    with pytest.raises(ValueError, match="patch size 3 must divide the image size 28x28"):
+        LabelDiT((1, 28, 28), patch=3)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 28, 28\)"):
+        LabelDiT((1, 28, 28), patch=4, dim=32, depth=1, heads=2)(
+            torch.zeros(2, 1, 32, 32), torch.zeros(2)
+        )

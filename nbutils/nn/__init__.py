@@ -6,12 +6,15 @@
   :class:`FourierFeatures`, :class:`ClassEmbedding` (with an optional "no label" row);
 * :mod:`~nbutils.nn.unet`: the small time-conditioned :class:`UNet` of chapters 04-08;
 * :mod:`~nbutils.nn.transformer`: :func:`patchify`, :func:`unpatchify`, :func:`sincos_2d`,
-  :class:`Attention` (with QK-norm), :class:`DiTBlock` and :class:`MMDiTBlock` (chapter 08).
+  :class:`Attention` (with QK-norm), :class:`DiTBlock` and :class:`MMDiTBlock` (chapter 08);
+* :mod:`~nbutils.nn.dit`: :class:`LabelDiT`, the class-conditional MM-DiT (or one-stream DiT)
+  of chapter 08.
 
 The book's MNIST classifier, whose features measure sample quality, is in
 :mod:`nbutils.classifier`.
 """
 
+from nbutils.nn.dit import LabelDiT
 from nbutils.nn.embeddings import ClassEmbedding, FourierFeatures, TimeMLP, sinusoidal_embedding
 from nbutils.nn.layers import (
     MASK_KINDS,
@@ -33,6 +36,7 @@ from nbutils.nn.unet import UNet
 
 __all__ = [
     "Attention",
+    "LabelDiT",
     "DiTBlock",
     "MMDiTBlock",
     "patchify",

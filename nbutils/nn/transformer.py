@@ -12,8 +12,8 @@
 * :class:`MMDiTBlock`: SD3's two streams (image tokens and context tokens, here class-label
   tokens), each with its own weights and modulation, attending jointly over both.
 
-The network that assembles them, with the book's ``forward(x, t, **cond)`` contract, is the
-next step of chapter 08.
+The network that assembles them, with the book's ``forward(x, t, **cond)`` contract, is
+:class:`nbutils.nn.dit.LabelDiT`.
 """
 
 from __future__ import annotations
@@ -113,8 +113,9 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
-class _Modulation(nn.Module):
-    """cond (B, cond_dim) -> ``parts`` vectors (B, dim) each; zero at initialisation."""
+class Modulation(nn.Module):
+    """adaLN-Zero's projection: cond (B, cond_dim) -> ``parts`` vectors (B, dim) each (shifts,
+    scales, gates), all zero at initialisation."""
 
     def __init__(self, cond_dim: int, dim: int, parts: int):
         super().__init__()
@@ -147,7 +148,7 @@ class DiTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn, self.mlp = Attention(dim, heads, qk_norm), _mlp(dim, mlp_ratio)
-        self.modulation = _Modulation(cond_dim, dim, 6)
+        self.modulation = Modulation(cond_dim, dim, 6)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         s1, c1, g1, s2, c2, g2 = self.modulation(cond)
@@ -171,7 +172,7 @@ class MMDiTBlock(nn.Module):
             stream.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
             stream.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
             stream.attn, stream.mlp = Attention(dim, heads, qk_norm), _mlp(dim, mlp_ratio)
-            stream.modulation = _Modulation(cond_dim, dim, 6)
+            stream.modulation = Modulation(cond_dim, dim, 6)
             self.streams.append(stream)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, cond: torch.Tensor):
