@@ -231,3 +231,38 @@ def test_bad_inputs_give_clear_errors():
         straightness(VelocityMLP(), x, [1.0, 0.5])
     with pytest.raises(ValueError, match=r"x must have shape \(B, 2\), got \(4, 3\)"):
         VelocityMLP()(torch.randn(4, 3), torch.rand(4))
+
+
+def test_guidance_interpolates_and_extrapolates_between_the_two_velocities():
+    from nbutils.rectified import guided
+
+    def model(x, t, y):  # a velocity that depends on the label: y 10 is "no label"
+        return x * 0 + (y.to(x.dtype) - 10)[:, None]
+
+    x, t, y = torch.zeros(3, 2), torch.zeros(3), torch.tensor([1, 4, 7])
+    conditional = (y - 10).to(torch.float32)[:, None].expand(3, 2)
+    for scale in (0.0, 1.0, 3.0):
+        expected = scale * conditional  # the unconditional velocity is 0 here
+        torch.testing.assert_close(guided(model, y, scale, null_index=10)(x, t), expected)
+
+
+def test_label_dropout_replaces_the_chosen_fraction_of_labels():
+    from nbutils.rectified import label_flow_matching_loss
+
+    seen = []
+
+    def model(x, t, y):
+        seen.append(y)
+        return torch.zeros_like(x)
+
+    torch.manual_seed(0)
+    x0, y = torch.randn(20_000, 2), torch.randint(0, 10, (20_000,))
+    loss = label_flow_matching_loss(model, (x0, y), null_index=10, drop=0.2)
+    (used,) = seen
+    assert abs((used == 10).double().mean().item() - 0.2) < 0.01
+    assert torch.equal(used[used != 10], y[used != 10])  # the others are kept
+    assert loss.item() == pytest.approx(2.0, abs=0.05)  # a zero model: E (x1 - x0)^2 = 2
+    with pytest.raises(ValueError, match=r"pair \(images, labels\)"):
+        label_flow_matching_loss(model, x0, null_index=10)
+    with pytest.raises(ValueError, match="probability"):
+        label_flow_matching_loss(model, (x0, y), null_index=10, drop=1.5)
