@@ -6,8 +6,9 @@ matter: how many channels the latent has (more channels reconstruct better but a
 generate; SD3 moves from 4 to 16), and the **shift and scale** applied to the latents before the
 flow sees them. Public code multiplies by a "scaling factor" and subtracts a "shift factor" that
 were measured once on the training set, so that the latents have roughly zero mean and unit
-variance, the scale of the Gaussian noise they are mixed with. :class:`Standardizer` measures
-them per channel and keeps them as buffers, so they travel with a checkpoint.
+variance, the scale of the Gaussian noise they are mixed with. SD3's two factors are single
+numbers for all channels; :class:`Standardizer` measures a shift and a scale per channel (the
+book's generalisation) and keeps them as buffers, so they travel with a checkpoint.
 
 Shapes: images (B, 1, 28, 28) in [-1, 1]; latents (B, C, 7, 7).
 """

@@ -308,6 +308,8 @@ def cosmap_times(n: int, *, device=None, generator: torch.Generator | None = Non
 
 #: The time densities of chapter 08, by name: what :func:`time_sampler` accepts.
 TIME_DENSITIES = ("uniform", "logit-normal", "mode", "cosmap")
+_SAMPLER_NAMES = {"uniform": "uniform_times", "logit-normal": "logit_normal_times",
+                  "mode": "mode_times", "cosmap": "cosmap_times"}  # fmt: skip
 
 
 def time_sampler(name: str, **params):
@@ -319,19 +321,26 @@ def time_sampler(name: str, **params):
     density instead is not the same objective's estimator at equal cost, and SD3's choice is
     the sampling.
     """
-    samplers = {"uniform": uniform_times, "logit-normal": logit_normal_times,
-                "mode": mode_times, "cosmap": cosmap_times}  # fmt: skip
-    if name not in samplers:
+    if name not in TIME_DENSITIES:
         raise ValueError(f"unknown time density {name!r}; the valid ones are {TIME_DENSITIES}")
-    base = samplers[name]
-    if params:
-        base(1, **params)  # check the parameters now, with a clear error
+    base = globals()[_SAMPLER_NAMES[name]]
+    _check_density_params(name, base, params)
 
     def sampler(n: int, *, device=None, generator: torch.Generator | None = None):
         return base(n, device=device, generator=generator, **params)
 
     sampler.__name__ = sampler.__qualname__ = f"{name.replace('-', '_')}_times"
     return sampler
+
+
+def _check_density_params(name: str, base, params: dict) -> None:
+    """Refuse unknown or out-of-range parameters now, with a clear error, by one draw on a
+    private generator (the global random stream is left as it was)."""
+    try:
+        base(1, generator=torch.Generator(), **params)
+    except TypeError as err:
+        raise ValueError(f"the {name} time density does not take the parameters {params}: "
+                         f"{err}") from err  # fmt: skip
 
 
 def time_cdf(name: str, t: torch.Tensor, **params) -> torch.Tensor:
@@ -341,6 +350,8 @@ def time_cdf(name: str, t: torch.Tensor, **params) -> torch.Tensor:
     atan(t / (1 - t))``. Mode: ``1 - f^{-1}(t)`` for the decreasing map f of
     :func:`mode_times`, inverted by bisection.
     """
+    if name in TIME_DENSITIES:
+        _check_density_params(name, globals()[_SAMPLER_NAMES[name]], params)
     t = torch.as_tensor(t, dtype=torch.float64).clamp(0, 1)
     if name == "uniform":
         return t

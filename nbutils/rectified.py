@@ -101,10 +101,7 @@ def label_flow_matching_loss(model: Callable, batch, *, null_index: int, drop: f
         raise ValueError(f"drop must be a probability in [0, 1], got {drop}")
     dropped = torch.rand(y.shape, device=y.device) < drop
     y = torch.where(dropped, torch.full_like(y, null_index), y)
-    x1 = torch.randn_like(x0)
-    t = time_sampler(x0.shape[0], device=x0.device)
-    x_t = RECTIFIED.interpolate(x0, x1, t)
-    return (model(x_t, t.to(x0.dtype), y) - (x1 - x0)).pow(2).mean()
+    return flow_matching_loss(lambda x, t: model(x, t, y), x0, time_sampler=time_sampler)
 
 
 def guided(model: Callable, y: torch.Tensor, scale: float, *, null_index: int) -> Callable:

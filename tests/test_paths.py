@@ -160,6 +160,27 @@ def test_mode_with_scale_zero_is_uniform_and_the_cdfs_are_proper():
         assert (cdf[1:] >= cdf[:-1] - 1e-12).all(), name
 
 
+def test_mode_times_follow_the_papers_formula_and_its_density_at_the_middle():
+    """Independent of the package's map: SD3's f(u) = 1 - u - s (cos^2(pi u / 2) - 1 + u), and
+    the density 1 / |f'(1/2)| = 1 / (1 + s - s pi / 2) at t = 1/2 (about 3.79 for s = 1.29)."""
+    s = 1.29
+    u = uniform_times(10, generator=torch.Generator().manual_seed(7))
+    expected = 1 - u - s * (torch.cos(torch.pi * u / 2) ** 2 - 1 + u)
+    torch.testing.assert_close(mode_times(10, s, generator=torch.Generator().manual_seed(7)),
+                               expected)  # fmt: skip
+    draws = mode_times(400_000, s, generator=torch.Generator().manual_seed(8))
+    middle = ((draws - 0.5).abs() < 0.005).double().mean().item() / 0.01
+    assert middle == pytest.approx(1 / (1 + s - s * torch.pi / 2), rel=0.03)
+
+
+def test_building_a_sampler_leaves_the_global_random_stream_alone():
+    torch.manual_seed(9)
+    first = torch.rand(3)
+    torch.manual_seed(9)
+    time_sampler("logit-normal", mean=0.0, std=1.0)
+    torch.testing.assert_close(torch.rand(3), first)
+
+
 def test_unknown_time_densities_and_bad_parameters_are_clear_errors():
     with pytest.raises(ValueError, match=r"unknown time density 'lognormal'.*uniform"):
         time_sampler("lognormal")
@@ -169,6 +190,12 @@ def test_unknown_time_densities_and_bad_parameters_are_clear_errors():
         time_sampler("mode", scale=2.0)
     with pytest.raises(ValueError, match="std must be a positive number"):
         time_sampler("logit-normal", std=0.0)
+    with pytest.raises(ValueError, match="does not take the parameters"):
+        time_sampler("uniform", scale=1.0)
+    with pytest.raises(ValueError, match="does not take the parameters"):
+        time_cdf("mode", torch.zeros(2), scael=1.29)  # a typo is not silently the default
+    with pytest.raises(ValueError, match="stays monotone"):
+        time_cdf("mode", torch.zeros(2), scale=3.0)
     assert TIME_DENSITIES == ("uniform", "logit-normal", "mode", "cosmap")
 
 

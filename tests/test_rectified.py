@@ -236,14 +236,15 @@ def test_bad_inputs_give_clear_errors():
 def test_guidance_interpolates_and_extrapolates_between_the_two_velocities():
     from nbutils.rectified import guided
 
-    def model(x, t, y):  # a velocity that depends on the label: y 10 is "no label"
-        return x * 0 + (y.to(x.dtype) - 10)[:, None]
+    def model(x, t, y):  # depends on x, t and the label; y 10 is "no label"
+        return x + t[:, None] + 5.0 * (y == 10)[:, None] + y[:, None]
 
-    x, t, y = torch.zeros(3, 2), torch.zeros(3), torch.tensor([1, 4, 7])
-    conditional = (y - 10).to(torch.float32)[:, None].expand(3, 2)
+    x, t, y = torch.randn(3, 2), torch.rand(3), torch.tensor([1, 4, 7])
+    null = torch.full_like(y, 10)
+    v_c, v_u = model(x, t, y), model(x, t, null)
     for scale in (0.0, 1.0, 3.0):
-        expected = scale * conditional  # the unconditional velocity is 0 here
-        torch.testing.assert_close(guided(model, y, scale, null_index=10)(x, t), expected)
+        torch.testing.assert_close(guided(model, y, scale, null_index=10)(x, t),
+                                   v_u + scale * (v_c - v_u))  # fmt: skip
 
 
 def test_label_dropout_replaces_the_chosen_fraction_of_labels():
@@ -262,6 +263,13 @@ def test_label_dropout_replaces_the_chosen_fraction_of_labels():
     assert abs((used == 10).double().mean().item() - 0.2) < 0.01
     assert torch.equal(used[used != 10], y[used != 10])  # the others are kept
     assert loss.item() == pytest.approx(2.0, abs=0.05)  # a zero model: E (x1 - x0)^2 = 2
+    model_c = VelocityMLP(2, hidden=16)  # without dropout it is the flow-matching loss itself
+    torch.manual_seed(1)
+    labelled = label_flow_matching_loss(lambda x, t, y: model_c(x, t), (x0[:64], y[:64]),
+                                        null_index=10, drop=0.0)  # fmt: skip
+    torch.manual_seed(1)
+    torch.rand(64)  # the dropout's draw
+    torch.testing.assert_close(labelled, flow_matching_loss(model_c, x0[:64]))
     with pytest.raises(ValueError, match=r"pair \(images, labels\)"):
         label_flow_matching_loss(model, x0, null_index=10)
     with pytest.raises(ValueError, match="probability"):

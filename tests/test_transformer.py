@@ -71,9 +71,40 @@ def test_the_mmdit_block_attends_jointly_across_its_streams():
     assert (out_x - other_x).abs().max() > 1e-3  # the image stream sees the context
 
 
+def test_attention_is_softmax_of_its_logits_times_the_values():
+    attn = tf.Attention(16, heads=4, qk_norm=True)
+    randomize(attn, scale=0.5, seed=12)
+    x = torch.randn(2, 5, 16, generator=g(13))
+    with torch.no_grad():
+        _, _, v = attn.qkv_heads(x)  # (B, heads, N, head_dim)
+        heads = attn.logits(x).softmax(-1) @ v
+        by_hand = attn.out(heads.permute(0, 2, 1, 3).reshape(2, 5, 16))
+        torch.testing.assert_close(attn(x), by_hand, atol=1e-5, rtol=1e-5)
+
+
+def test_mmdit_with_equal_streams_is_a_dit_over_the_joined_sequence():
+    """With the context stream's weights equal to the image stream's, joint attention over
+    [x, c] is one DiT block over their concatenation, split back at N: this checks the token
+    axis of the join, the split, the heads' reassembly and the modulation order together."""
+    block = tf.MMDiTBlock(16, 2, 8, qk_norm=True)
+    randomize(block, scale=0.4, seed=14)
+    block.streams[1].load_state_dict(block.streams[0].state_dict())
+    dit = tf.DiTBlock(16, 2, 8, qk_norm=True)
+    dit.load_state_dict(block.streams[0].state_dict())
+    x, c = torch.randn(2, 6, 16, generator=g(15)), torch.randn(2, 3, 16, generator=g(16))
+    cond = torch.randn(2, 8, generator=g(17))
+    with torch.no_grad():
+        out_x, out_c = block(x, c, cond)
+        joined = dit(torch.cat([x, c], 1), cond)
+    torch.testing.assert_close(out_x, joined[:, :6], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out_c, joined[:, 6:], atol=1e-5, rtol=1e-5)
+
+
 def test_bad_sizes_are_clear_errors():
-    with pytest.raises(ValueError, match=r"28x28 is not divisible by the patch size 3"):
+    with pytest.raises(ValueError, match=r"28x28 is not divisible by the patch size 3.*1, 2, 4, 7"):
         tf.patchify(torch.zeros(1, 1, 28, 28), 3)
+    with pytest.raises(ValueError, match=r"7x7 is not divisible by the patch size 0; .* \(1, 7\)"):
+        tf.patchify(torch.zeros(1, 4, 7, 7), 0)
     with pytest.raises(ValueError, match="divisible by 4"):
         tf.sincos_2d(4, 4, 30)
     with pytest.raises(ValueError, match="divisible by the number of heads"):
@@ -91,6 +122,7 @@ def test_the_label_dit_keeps_the_network_contract_and_uses_its_labels(joint):
     assert torch.equal(net(x, t, y), torch.zeros_like(x))  # the output layer starts at zero
     randomize(net, scale=0.2, seed=11)
     with torch.no_grad():
+        net.pooled.weight.zero_()  # the label now reaches the image only through its tokens
         out = net(x, t, y)
         other = net(x, t, torch.tensor([7, 2, 10]))
         unlabelled = net(x, t)  # y=None: every label is "no label"

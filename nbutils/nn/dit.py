@@ -50,7 +50,7 @@ class LabelDiT(nn.Module):
                  joint: bool = True, qk_norm: bool = False, mlp_ratio: float = 4.0):  # fmt: skip
         super().__init__()
         c, h, w = image_shape
-        if h % patch or w % patch:
+        if not isinstance(patch, int) or patch < 1 or h % patch or w % patch:
             raise ValueError(f"the patch size {patch} must divide the image size {h}x{w}")
         self.image_shape, self.patch, self.joint = (c, h, w), patch, joint
         self.dim, self.label_tokens = dim, label_tokens

@@ -38,18 +38,24 @@ def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     """
     check_tensor(x, "x", shape=("B", "C", "H", "W"))
     b, c, h, w = x.shape
-    if h % patch or w % patch:
-        raise ValueError(
-            f"the image size {h}x{w} is not divisible by the patch size {patch}; choose a patch "
-            f"size that divides both (for 28x28: 1, 2, 4, 7, 14 or 28)"
-        )
+    _check_patch(patch, h, w)
     x = x.reshape(b, c, h // patch, patch, w // patch, patch)
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
+
+
+def _check_patch(patch: int, h: int, w: int) -> None:
+    if not isinstance(patch, int) or patch < 1 or h % patch or w % patch:
+        fits = [p for p in range(1, math.gcd(h, w) + 1) if h % p == 0 and w % p == 0]
+        raise ValueError(
+            f"the image size {h}x{w} is not divisible by the patch size {patch}; choose a patch "
+            f"size that divides both ({', '.join(map(str, fits))})"
+        )
 
 
 def unpatchify(tokens: torch.Tensor, patch: int, shape) -> torch.Tensor:
     """The inverse of :func:`patchify`: (B, N, C p p) -> (B, C, H, W) for ``shape = (C, H, W)``."""
     c, h, w = shape
+    _check_patch(patch, h, w)
     check_tensor(tokens, "tokens", shape=("B", (h // patch) * (w // patch), c * patch * patch))
     b = tokens.shape[0]
     x = tokens.reshape(b, h // patch, w // patch, c, patch, patch)
@@ -160,7 +166,8 @@ class MMDiTBlock(nn.Module):
     """SD3's block: image tokens x (B, N, dim) and context tokens c (B, M, dim), each stream
     with its own norms, projections, MLP and adaLN-Zero modulation from ``cond`` (B, cond_dim),
     and one attention over the joined sequence (B, N + M, dim). Returns ``(x, c)``; the
-    identity at initialisation.
+    identity at initialisation. (In the last block of a network the context stream's output
+    is unused; SD3 drops its output projection and MLP there, this block keeps them.)
     """
 
     def __init__(self, dim: int, heads: int, cond_dim: int, *, qk_norm: bool = False,
