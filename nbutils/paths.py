@@ -308,8 +308,8 @@ def cosmap_times(n: int, *, device=None, generator: torch.Generator | None = Non
 
 #: The time densities of chapter 08, by name: what :func:`time_sampler` accepts.
 TIME_DENSITIES = ("uniform", "logit-normal", "mode", "cosmap")
-_SAMPLER_NAMES = {"uniform": "uniform_times", "logit-normal": "logit_normal_times",
-                  "mode": "mode_times", "cosmap": "cosmap_times"}  # fmt: skip
+_SAMPLERS = {"uniform": uniform_times, "logit-normal": logit_normal_times,
+             "mode": mode_times, "cosmap": cosmap_times}  # fmt: skip
 
 
 def time_sampler(name: str, **params):
@@ -323,7 +323,7 @@ def time_sampler(name: str, **params):
     """
     if name not in TIME_DENSITIES:
         raise ValueError(f"unknown time density {name!r}; the valid ones are {TIME_DENSITIES}")
-    base = globals()[_SAMPLER_NAMES[name]]
+    base = _SAMPLERS[name]
     _check_density_params(name, base, params)
 
     def sampler(n: int, *, device=None, generator: torch.Generator | None = None):
@@ -351,7 +351,7 @@ def time_cdf(name: str, t: torch.Tensor, **params) -> torch.Tensor:
     :func:`mode_times`, inverted by bisection.
     """
     if name in TIME_DENSITIES:
-        _check_density_params(name, globals()[_SAMPLER_NAMES[name]], params)
+        _check_density_params(name, _SAMPLERS[name], params)
     t = torch.as_tensor(t, dtype=torch.float64).clamp(0, 1)
     if name == "uniform":
         return t
