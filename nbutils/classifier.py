@@ -147,6 +147,15 @@ class MnistFD:
         """Distance of ``images`` to the test set (use thousands of images for stable numbers)."""
         return frechet_from_stats(*gaussian_stats(features(self.model, images)), *self.reference)
 
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """The classifier's labels (N,) int64 for images (uint8, or float in [0, 1]): what a
+        class-conditional sampler's class-correct rate is measured with."""
+        feats = features(self.model, images, batch_size)  # (N, 128)
+        head = self.model.head
+        device = next(head.parameters()).device
+        return torch.cat([head(f.to(device)).argmax(1).cpu() for f in feats.split(batch_size)])
+
     def floor(self, n: int = 10_000, seed: int = 0) -> float:
         """The distance of ``n`` random training images (a perfect sampler) to the test set."""
         return _floor(self, n, seed)

@@ -44,3 +44,12 @@ def test_distance_floor_is_small_and_a_shift_is_not(fd):
 def test_score_rejects_symmetric_images(fd):
     with pytest.raises(ValueError, match="from_symmetric"):
         fd.score(torch.rand(10, 1, 28, 28) * 2 - 1)
+
+
+def test_predicted_labels_give_the_test_accuracy(fd):
+    images, labels = load_mnist("test")
+    predicted = fd.predict(images)
+    assert predicted.shape == labels.shape and predicted.dtype == torch.long
+    assert (predicted == labels).double().mean().item() == pytest.approx(fd.test_accuracy)
+    flipped = fd.predict(torch.flip(images[:500], dims=[1]))  # digits upside down
+    assert (flipped == labels[:500]).double().mean() < 0.7

@@ -82,6 +82,37 @@ def test_attention_is_softmax_of_its_logits_times_the_values():
         torch.testing.assert_close(attn(x), by_hand, atol=1e-5, rtol=1e-5)
 
 
+def test_recorded_logits_are_the_largest_logit_of_each_attention_call():
+    attn = tf.Attention(16, heads=4)
+    randomize(attn, scale=0.5, seed=18)
+    x = torch.randn(2, 5, 16, generator=g(19))
+    with torch.no_grad(), tf.record_logits() as outer:
+        attn(x)
+        with tf.record_logits() as inner:
+            attn(2 * x)
+    assert len(outer) == 2 and len(inner) == 1  # nested records both see the inner call
+    torch.testing.assert_close(outer[0], attn.logits(x).max(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(inner[0], attn.logits(2 * x).max(), atol=1e-5, rtol=1e-5)
+    attn(x)  # outside every record: nothing is collected, and no record stays open
+    assert len(outer) == 2 and not tf._RECORDS
+
+
+def test_recorded_logits_of_an_mmdit_block_are_its_joint_logits():
+    block = tf.MMDiTBlock(16, 2, 16)
+    randomize(block, scale=0.5, seed=20)
+    x, c = torch.randn(2, 6, 16, generator=g(21)), torch.randn(2, 3, 16, generator=g(22))
+    cond = torch.randn(2, 16, generator=g(23))
+    with torch.no_grad(), tf.record_logits() as seen:
+        block(x, c, cond)
+        mods = [s.modulation(cond) for s in block.streams]
+        qk = [s.attn.qkv_heads(tf.modulate(s.norm1(z), m[0], m[1]))[:2]
+              for s, m, z in zip(block.streams, mods, (x, c), strict=True)]  # fmt: skip
+        q, k = torch.cat([qk[0][0], qk[1][0]], 2), torch.cat([qk[0][1], qk[1][1]], 2)
+        joint = (q @ k.transpose(-1, -2)).max() / 8**0.5  # head_dim 8, over all N + M tokens
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], joint, atol=1e-5, rtol=1e-5)
+
+
 def test_mmdit_with_equal_streams_is_a_dit_over_the_joined_sequence():
     """With the context stream's weights equal to the image stream's, joint attention over
     [x, c] is one DiT block over their concatenation, split back at N: this checks the token

@@ -10,7 +10,9 @@
   layer norm's shift and scale and a gate on each residual branch; the gates start at zero, so
   the block starts as the identity);
 * :class:`MMDiTBlock`: SD3's two streams (image tokens and context tokens, here class-label
-  tokens), each with its own weights and modulation, attending jointly over both.
+  tokens), each with its own weights and modulation, attending jointly over both;
+* :func:`record_logits`: while open, every attention of these blocks reports its largest
+  logit (to watch logits grow without QK-norm).
 
 The network that assembles them, with the book's ``forward(x, t, **cond)`` contract, is
 :class:`nbutils.nn.dit.LabelDiT`.
@@ -19,6 +21,8 @@ The network that assembles them, with the book's ``forward(x, t, **cond)`` contr
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -83,6 +87,39 @@ def sincos_2d(rows: int, cols: int, dim: int) -> torch.Tensor:
     return code.float()
 
 
+_RECORDS: list[list[torch.Tensor]] = []  # the lists of the open record_logits() blocks
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` for (B, heads, N, d) queries, keys and values (keys and
+    values may have another length M); reports its largest logit to open :func:`record_logits`."""
+    if _RECORDS:
+        with torch.no_grad():
+            top = (q @ k.transpose(-1, -2)).amax().float() / math.sqrt(q.shape[-1])
+        for record in _RECORDS:
+            record.append(top)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+@contextmanager
+def record_logits() -> Iterator[list[torch.Tensor]]:
+    """Collect the largest pre-softmax logit of every attention call made inside the block.
+
+    Yields a list that receives one 0-d tensor (on the model's device, no synchronisation) per
+    call of :class:`Attention` or :class:`MMDiTBlock`, in call order::
+
+        with record_logits() as seen:
+            loss = loss_fn(model, batch)
+        largest = torch.stack(seen).max()
+    """
+    record: list[torch.Tensor] = []
+    _RECORDS.append(record)
+    try:
+        yield record
+    finally:
+        _RECORDS.remove(record)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention: (B, N, dim) -> (B, N, dim), with optional QK-norm.
 
@@ -102,7 +139,9 @@ class Attention(nn.Module):
         """Queries, keys and values (B, heads, N, head_dim), queries and keys normalised."""
         b, n, _ = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return self.q_norm(q), self.k_norm(k), v
+        if isinstance(self.q_norm, nn.RMSNorm):  # normalise in float32 (under bf16 autocast too)
+            q, k = self.q_norm(q.float()).to(v.dtype), self.k_norm(k.float()).to(v.dtype)
+        return q, k, v
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         q, k, _ = self.qkv_heads(x)
@@ -110,7 +149,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv_heads(x)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, head_dim)
+        y = attend(q, k, v)  # (B, heads, N, head_dim)
         return self.out(y.transpose(1, 2).reshape(x.shape))
 
 
@@ -189,7 +228,7 @@ class MMDiTBlock(nn.Module):
             for s, m, tokens in zip(self.streams, mods, (x, c), strict=True)
         ]
         q, k, v = (torch.cat(parts, dim=2) for parts in zip(*heads, strict=True))  # joint
-        joint = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # (B, N + M, h, d)
+        joint = attend(q, k, v).transpose(1, 2)  # (B, N + M, h, d)
         joint = joint.reshape(x.shape[0], -1, x.shape[2])
         out, parts = [], joint.split([x.shape[1], c.shape[1]], dim=1)
         for s, m, tokens, y in zip(self.streams, mods, (x, c), parts, strict=True):
