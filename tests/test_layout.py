@@ -26,6 +26,7 @@ FAMILIES = {
     "sde": {"nbutils.sde"},
     "ode": {"nbutils.ode"},
     "latent": {"nbutils.latent"},
+    "contrastive": {"nbutils.contrastive", "nbutils.cpc"},
 }
 #: Shared pieces (what families build on) and tools (evaluation, plots, running): neither
 #: imports a family.
@@ -45,6 +46,7 @@ SHARED = {
     "nbutils.trained",
     "nbutils.langevin",
     "nbutils.metrics",
+    "nbutils.probe",
 }
 TOOLS = {
     "nbutils.classifier",
