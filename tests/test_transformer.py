@@ -82,7 +82,7 @@ def test_attention_is_softmax_of_its_logits_times_the_values():
         torch.testing.assert_close(attn(x), by_hand, atol=1e-5, rtol=1e-5)
 
 
-def test_recorded_logits_are_the_largest_logit_of_each_attention_call():
+def test_recorded_logits_are_the_largest_logit_magnitude_of_each_attention_call():
     attn = tf.Attention(16, heads=4)
     randomize(attn, scale=0.5, seed=18)
     x = torch.randn(2, 5, 16, generator=g(19))
@@ -91,8 +91,8 @@ def test_recorded_logits_are_the_largest_logit_of_each_attention_call():
         with tf.record_logits() as inner:
             attn(2 * x)
     assert len(outer) == 2 and len(inner) == 1  # nested records both see the inner call
-    torch.testing.assert_close(outer[0], attn.logits(x).max(), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(inner[0], attn.logits(2 * x).max(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outer[0], attn.logits(x).abs().max(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(inner[0], attn.logits(2 * x).abs().max(), atol=1e-5, rtol=1e-5)
     attn(x)  # outside every record: nothing is collected, and no record stays open
     assert len(outer) == 2 and not tf._RECORDS
 
@@ -108,7 +108,7 @@ def test_recorded_logits_of_an_mmdit_block_are_its_joint_logits():
         qk = [s.attn.qkv_heads(tf.modulate(s.norm1(z), m[0], m[1]))[:2]
               for s, m, z in zip(block.streams, mods, (x, c), strict=True)]  # fmt: skip
         q, k = torch.cat([qk[0][0], qk[1][0]], 2), torch.cat([qk[0][1], qk[1][1]], 2)
-        joint = (q @ k.transpose(-1, -2)).max() / 8**0.5  # head_dim 8, over all N + M tokens
+        joint = (q @ k.transpose(-1, -2)).abs().max() / 8**0.5  # head_dim 8, over all N + M tokens
     assert len(seen) == 1
     torch.testing.assert_close(seen[0], joint, atol=1e-5, rtol=1e-5)
 
@@ -174,3 +174,15 @@ def test_the_label_dit_refuses_a_patch_that_does_not_divide_the_image():
         LabelDiT((1, 28, 28), patch=4, dim=32, depth=1, heads=2)(
             torch.zeros(2, 1, 32, 32), torch.zeros(2)
         )
+
+
+def test_qk_norm_keeps_float64_and_obeys_its_logit_bound():
+    """Normalised queries and keys stay in float64 when the model is, and every logit obeys
+    |l| <= sqrt(d_h) max|g_q| max|g_k| (note 08, sd3-qkbound), however large the weights."""
+    attn = tf.Attention(16, heads=4, qk_norm=True).double()
+    randomize(attn, scale=5.0, seed=24)
+    x = torch.randn(2, 5, 16, generator=g(25), dtype=torch.float64)
+    q, k, _ = attn.qkv_heads(x)
+    assert q.dtype == torch.float64 and k.dtype == torch.float64
+    bound = 4**0.5 * attn.q_norm.weight.abs().max() * attn.k_norm.weight.abs().max()
+    assert attn.logits(x).abs().max() <= bound * (1 + 1e-9)

@@ -92,10 +92,11 @@ _RECORDS: list[list[torch.Tensor]] = []  # the lists of the open record_logits()
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d)) v`` for (B, heads, N, d) queries, keys and values (keys and
-    values may have another length M); reports its largest logit to open :func:`record_logits`."""
+    values may have another length M); reports its largest logit magnitude to any open
+    :func:`record_logits`."""
     if _RECORDS:
         with torch.no_grad():
-            top = (q @ k.transpose(-1, -2)).amax().float() / math.sqrt(q.shape[-1])
+            top = (q @ k.transpose(-1, -2)).abs().amax().float() / math.sqrt(q.shape[-1])
         for record in _RECORDS:
             record.append(top)
     return F.scaled_dot_product_attention(q, k, v)
@@ -140,7 +141,8 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if isinstance(self.q_norm, nn.RMSNorm):  # normalise in float32 (under bf16 autocast too)
-            q, k = self.q_norm(q.float()).to(v.dtype), self.k_norm(k.float()).to(v.dtype)
+            wide = torch.promote_types(q.dtype, torch.float32)  # float64 stays float64
+            q, k = self.q_norm(q.to(wide)).to(v.dtype), self.k_norm(k.to(wide)).to(v.dtype)
         return q, k, v
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
