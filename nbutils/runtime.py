@@ -15,6 +15,7 @@ import platform
 import random
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,33 @@ def device() -> torch.device:
                 f"{DEVICE_ENV}={wanted!r} is not a torch device; expected e.g. cpu, cuda, cuda:1"
             ) from err
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def bf16_supported(where) -> bool:
+    """Whether ``where`` (a device) runs bfloat16 natively: every CPU, and CUDA GPUs of compute
+    capability 8.0 or newer (A100, H100; not the T4 that Colab usually lends)."""
+    where = torch.device(where)
+    if where.type != "cuda":
+        return True
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.4 has no such argument and does not emulate
+        return torch.cuda.is_bf16_supported()
+
+
+def autocast_dtype(requested: torch.dtype | None, where) -> torch.dtype | None:
+    """The autocast dtype to use on ``where``: ``requested``, or None (float32) with a warning
+    when bfloat16 is requested on a GPU without native bfloat16 (emulated bf16 is slower than
+    float32, and float16 would need a gradient scaler)."""
+    if requested is torch.bfloat16 and not bf16_supported(where):
+        warnings.warn(
+            f"{torch.device(where)} has no native bfloat16; training in float32 instead of "
+            "bfloat16 autocast (expect it to be slower than the measured times)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return requested
 
 
 def synchronize(where=None) -> None:

@@ -41,7 +41,7 @@ from nbutils.checkpoint import (  # noqa: F401 (CheckpointMismatch is part of th
     set_rng_state,
 )
 from nbutils.keepers import EMA, KeepBest
-from nbutils.runtime import checkpoint_root, profile
+from nbutils.runtime import autocast_dtype, checkpoint_root, profile
 
 __all__ = [
     "EMA",
@@ -174,7 +174,8 @@ def fit(
         keep_best: a :class:`KeepBest` that scores the model during training.
         autocast: run ``loss_fn`` (forward pass and loss) under ``torch.autocast`` with this
             dtype, e.g. ``torch.bfloat16`` on a GPU; the backward pass and the optimiser step
-            stay outside it, and the weights stay in float32.
+            stay outside it, and the weights stay in float32. On a GPU without native bfloat16
+            (a T4) it falls back to float32 with a warning, and records float32 in the config.
         checkpoint: file to save to and resume from, or a function of the configuration's
             hash that returns that file.
         config: what the checkpoint must match (hashed), beside the training settings and what
@@ -207,6 +208,8 @@ def fit(
     if autocast is not None:
         if autocast is not torch.bfloat16:  # float16 would need a gradient scaler
             raise ValueError(f"autocast must be None or torch.bfloat16, got {autocast!r}")
+        autocast = autocast_dtype(autocast, _device_of(model))  # float32 where bf16 is not native
+    if autocast is not None:
         settings["autocast"] = str(autocast)
     config = {**settings, **canonical_config(config or {}), **_recorded(model, loss_fn, batches)}
     optimizer = adamw(model, lr=lr, weight_decay=weight_decay)

@@ -56,6 +56,7 @@ TOOLS = {
     "nbutils.results",
     "nbutils.measured",
     "nbutils.exercises",
+    "nbutils.repository",
     "nbutils.pytest_defaults",
 }
 #: The harness measures every family side by side, so it alone may import them all; nothing

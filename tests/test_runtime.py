@@ -148,3 +148,34 @@ def test_flushing_subnormals_changes_training_only_at_float32_rounding(subnormal
     flushed = train(True)
     for name, value in kept.items():
         torch.testing.assert_close(flushed[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_bf16_falls_back_to_float32_where_it_is_not_native(monkeypatch):
+    """A T4 (compute capability 7.5) has no native bfloat16: faked here, fit trains in float32
+    with a warning; where bf16 is native it is used."""
+    from nbutils.train import fit
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert runtime.bf16_supported("cuda") is False and runtime.bf16_supported("cpu") is True
+
+    seen = []
+
+    def loss_fn(model, batch):
+        out = model(batch)
+        seen.append(out.dtype)
+        return out.float().pow(2).mean()
+
+    def batches():
+        while True:
+            yield torch.ones(4, 3)
+
+    torch.manual_seed(0)
+    fit(torch.nn.Linear(3, 2), loss_fn, batches(), steps=2, autocast=torch.bfloat16)
+    assert seen == [torch.bfloat16] * 2  # the CPU runs bf16 natively
+
+    monkeypatch.setattr(runtime, "bf16_supported", lambda where: False)  # a T4
+    seen.clear()
+    with pytest.warns(RuntimeWarning, match="no native bfloat16; training in float32"):
+        fit(torch.nn.Linear(3, 2), loss_fn, batches(), steps=2, autocast=torch.bfloat16)
+    assert seen == [torch.float32] * 2
+    assert runtime.autocast_dtype(None, "cuda") is None
