@@ -56,7 +56,7 @@ def info_nce(scores: torch.Tensor) -> torch.Tensor:
 
     Shapes: scores (N, N) -> scalar, in nats.
     """
-    return math.log(scores.shape[0]) - info_nce_loss(scores)
+    return math.log(_check_scores(scores)) - info_nce_loss(scores)
 
 
 def nwj(scores: torch.Tensor) -> torch.Tensor:
@@ -84,6 +84,11 @@ def nce_loss(data_log_ratio: torch.Tensor, noise_log_ratio: torch.Tensor) -> tor
     """
     check_tensor(data_log_ratio, "data_log_ratio", shape=("n",), floating=True, finite=True)
     check_tensor(noise_log_ratio, "noise_log_ratio", shape=("m",), floating=True, finite=True)
+    if not len(data_log_ratio) or not len(noise_log_ratio):
+        raise ValueError(
+            f"nce_loss needs data and noise samples, got {len(data_log_ratio)} data and "
+            f"{len(noise_log_ratio)} noise"
+        )
     nu = noise_log_ratio.shape[0] / data_log_ratio.shape[0]
     on_data = F.softplus(-(data_log_ratio - math.log(nu))).mean()
     on_noise = F.softplus(noise_log_ratio - math.log(nu)).mean()
@@ -194,6 +199,9 @@ def gaussian_log_ratio(x: torch.Tensor, y: torch.Tensor, rho: float) -> torch.Te
     Shapes: x (N, D), y (N, D) -> (N, N). Its diagonal averages to the MI.
     """
     _check_pair(x, y)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must have the same dimension, got {x.shape[1]} and {y.shape[1]}")
+    gaussian_mi(rho, x.shape[1])  # validates rho
     dim, s2 = x.shape[1], 1.0 - rho * rho
     cross = x @ y.T
     sq_x, sq_y = x.pow(2).sum(1)[:, None], y.pow(2).sum(1)[None]
@@ -229,9 +237,16 @@ def mi_staircase(
     from tqdm.auto import tqdm
 
     steps = check_count(steps_per_level, "steps_per_level")
-    if batch < 2 or not isinstance(batch, int):
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 2:
         raise ValueError(f"batch must be an int >= 2 (one positive, some negatives), got {batch}")
     device = next(critic.parameters()).device
+    try:
+        with torch.no_grad():
+            trial = critic(torch.zeros(2, dim, device=device), torch.zeros(2, dim, device=device))
+    except RuntimeError as err:
+        raise ValueError(f"critic must score pairs of {dim}-dimensional x and y: {err}") from err
+    if tuple(trial.shape) != (2, 2):
+        raise ValueError(f"critic must return an (N, N) matrix, got {tuple(trial.shape)} for N=2")
     optimizer = torch.optim.Adam(critic.parameters(), lr=lr)
     estimates = torch.empty(len(levels) * steps)
     bar = tqdm(total=len(estimates), desc=desc, mininterval=1.0)

@@ -39,9 +39,9 @@ class CPC(nn.Module):
         self, bands: int = 7, embed: int = 64, context: int = 128, hidden: int = 256, ahead: int = 3
     ):
         super().__init__()
-        if bands < 2 or 28 % bands:
+        if isinstance(bands, bool) or not isinstance(bands, int) or bands < 2 or 28 % bands:
             raise ValueError(f"bands must divide 28 into at least 2 bands, got {bands}")
-        if not 1 <= ahead < bands:
+        if isinstance(ahead, bool) or not isinstance(ahead, int) or not 1 <= ahead < bands:
             raise ValueError(f"ahead must be between 1 and bands - 1 = {bands - 1}, got {ahead}")
         self.bands, self.ahead = bands, ahead
         self.encoder = MLP((28 * 28 // bands, hidden, hidden, embed), activation=nn.ReLU)

@@ -74,6 +74,11 @@ def linear_probe(
             f"a probe needs at least 2 training examples, got {train_features.shape[0]}"
         )
     check_count(steps, "steps")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay}")
+    places = {str(t.device) for t in (train_features, train_labels, test_features, test_labels)}
+    if len(places) > 1:
+        raise ValueError(f"features and labels must be on one device, got {sorted(places)}")
     x = train_features.detach().float()
     mean, spread = x.mean(0), x.std(0)
     spread = spread.clamp_min(0.1 * spread.mean().clamp_min(1e-12))

@@ -57,6 +57,7 @@ TOOLS = {
     "nbutils.measured",
     "nbutils.exercises",
     "nbutils.repository",
+    "nbutils.compare",
     "nbutils.pytest_defaults",
 }
 #: The harness measures every family side by side, so it alone may import them all; nothing
