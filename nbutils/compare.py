@@ -17,12 +17,29 @@ another profile::
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 PROFILES = ("cpu", "gpu")
 MISSING = "missing"
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The repository whose ``results/`` the tables read: ``NBUTILS_ROOT`` if set, else the
+    first folder at or above ``start`` (default: the working directory) that holds
+    ``results/headlines.json``."""
+    if os.environ.get("NBUTILS_ROOT"):
+        return Path(os.environ["NBUTILS_ROOT"])
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "results" / "headlines.json").exists():
+            return folder
+    raise FileNotFoundError(
+        f"no results/headlines.json at or above {here}: chapter 10 reads the results files of "
+        "a clone of the book's repository (git clone it, or set NBUTILS_ROOT to one)"
+    )
 
 
 def load(root: Path, profiles=PROFILES) -> dict[str, dict]:
@@ -181,10 +198,9 @@ def _fd_rows() -> tuple[SamplerRow, ...]:
             SamplerRow("diffusion SDE (VP)", name, "05", f"VP-SDE, MNIST: FD, {name}", "note")
         )
     for name in ("DDIM", "ODE Euler", "SDE Euler-Maruyama"):
+        family = "diffusion SDE (VP)" if name.startswith("SDE") else "diffusion ODE (VP)"
         for k in (10, 20, 50):
-            rows.append(
-                SamplerRow("diffusion ODE (VP)", f"{name} {k}", "06", f"FD, {name} {k}", "note")
-            )
+            rows.append(SamplerRow(family, f"{name} {k} (ch. 06)", "06", f"FD, {name} {k}", "note"))
     rows.append(SamplerRow("diffusion ODE (VP)", "ODE RK45", "06", "FD, ODE RK45 0.001", "note"))
     for name, nfe in (("1-rectified, 1 step", 1), ("1-rectified, 100 steps", 100),
                       ("2-rectified, 1 step", 1), ("2-rectified, 100 steps", 100),
@@ -193,7 +209,7 @@ def _fd_rows() -> tuple[SamplerRow, ...]:
     for k in (5, 10, 50):
         rows.append(SamplerRow("latent RF (SD3)", f"logit-normal MM-DiT, {k} steps", "08",
                                f"logit-normal(0, 1): FD at {k} steps", k))  # fmt: skip
-    rows.append(SamplerRow("latent RF (SD3)", "U-Net on pixels, 50 steps", "08",
+    rows.append(SamplerRow("rectified flow", "U-Net on pixels, 50 steps (ch. 08)", "08",
                            "U-Net, chapter 07 (pixels): FD at 50 steps", 50))  # fmt: skip
     return tuple(rows)
 
@@ -256,7 +272,7 @@ COSTS = (  # (model, chapter, images/s metric, training-time metric)
      "multiscale flow, uniform: training time"),
     ("NCSN", "04", "NCSN, MNIST: training images/s", "NCSN, MNIST: training time"),
     ("VP-SDE U-Net", "05", "VP-SDE, MNIST: training images/s", "VP-SDE, MNIST: training time"),
-    ("1-rectified flow U-Net", "07", "1-rectified flow: training images/s",
+    ("rectified flow U-Net (time: stages 1-3)", "07", "1-rectified flow: training images/s",
      "training time, stages 1 / 2 / 3"),
     ("MM-DiT (latent)", "08", "MM-DiT (latent): training images/s", None),
     ("U-Net (pixels), chapter 08", "08", "U-Net, chapter 07 (pixels): training images/s", None),
