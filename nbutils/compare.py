@@ -200,7 +200,7 @@ def _fd_rows() -> tuple[SamplerRow, ...]:
     for name in ("DDIM", "ODE Euler", "SDE Euler-Maruyama"):
         family = "diffusion SDE (VP)" if name.startswith("SDE") else "diffusion ODE (VP)"
         for k in (10, 20, 50):
-            rows.append(SamplerRow(family, f"{name} {k} (ch. 06)", "06", f"FD, {name} {k}", "note"))
+            rows.append(SamplerRow(family, f"{name} {k}", "06", f"FD, {name} {k}", "note"))
     rows.append(SamplerRow("diffusion ODE (VP)", "ODE RK45", "06", "FD, ODE RK45 0.001", "note"))
     for name, nfe in (("1-rectified, 1 step", 1), ("1-rectified, 100 steps", 100),
                       ("2-rectified, 1 step", 1), ("2-rectified, 100 steps", 100),
@@ -209,7 +209,7 @@ def _fd_rows() -> tuple[SamplerRow, ...]:
     for k in (5, 10, 50):
         rows.append(SamplerRow("latent RF (SD3)", f"logit-normal MM-DiT, {k} steps", "08",
                                f"logit-normal(0, 1): FD at {k} steps", k))  # fmt: skip
-    rows.append(SamplerRow("rectified flow", "U-Net on pixels, 50 steps (ch. 08)", "08",
+    rows.append(SamplerRow("rectified flow", "U-Net on pixels, 50 steps", "08",
                            "U-Net, chapter 07 (pixels): FD at 50 steps", 50))  # fmt: skip
     return tuple(rows)
 
