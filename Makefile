@@ -149,6 +149,8 @@ test: $(VENV_STAMP) $(DATA_STAMP) $(ASSETS_STAMP)  ## everything CI checks, in t
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_hygiene.py
 	step "unit tests + every notebook (pytest --nbval, smoke)"
 	$(BIN)/python -m pytest --nbval -p no:cacheprovider -m "not browser" --durations=15
+	step "the Colab path: a fresh environment with Colab's packages, pip install from a clone, one notebook"
+	NBUTILS_COLAB_TEST=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_colab.py
 	step "tiny benchmark (python -m nbutils.bench --profile tiny)"
 	$(BIN)/python -m nbutils.bench --profile tiny --repeats 1 --steps 3 --out "$$NBUTILS_CKPT/bench"
 	step "clean book build (jupyter-book build -W, smoke) into $(TEST_OUT)"
