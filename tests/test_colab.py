@@ -25,35 +25,41 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _run(cmd, **kwargs) -> str:
-    done = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+def _run(cmd, cwd, **kwargs) -> str:
+    """Run outside the source tree, so that `import nbutils` can only find an installed one."""
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, **kwargs)
     assert done.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
 
 def test_a_colab_like_environment_installs_the_package_and_runs_a_notebook(tmp_path):
     clone = tmp_path / "clone"
-    _run(["git", "clone", "-q", str(ROOT), str(clone)])
+    _run(["git", "clone", "-q", str(ROOT), str(clone)], tmp_path)
     venv = tmp_path / "colab"
-    _run([sys.executable, "-m", "venv", str(venv)])
+    _run([sys.executable, "-m", "venv", str(venv)], tmp_path)
     python = venv / "bin" / "python"
+    _run([python, "-m", "pip", "install", "-q", "--upgrade", "pip"], tmp_path)  # Colab's is recent
     torch_pin = f"torch=={torch.__version__.split('+')[0]}"
-    _run([python, "-m", "pip", "install", "-q", torch_pin, *COLAB_HAS])
+    _run([python, "-m", "pip", "install", "-q", torch_pin, *COLAB_HAS], tmp_path)
     version = [python, "-c", "import torch; print(torch.__version__)"]
-    before = _run(version).strip()
-    missing = _run([python, "-c", "import importlib.util as u; print(u.find_spec('nbutils'))"])
+    before = _run(version, tmp_path).strip()
+    missing = _run([python, "-c", "import importlib.util as u; print(u.find_spec('nbutils'))"],
+                   tmp_path)  # fmt: skip
     assert missing.strip() == "None", "the fresh environment already has nbutils"
 
     # what the set-up cell runs: pip install "nbutils @ git+<repository>"
-    _run([python, "-m", "pip", "install", "-q", f"nbutils @ git+file://{clone}"])
-    assert _run(version).strip() == before, "installing nbutils replaced the environment's torch"
-    where = _run([python, "-c", "import nbutils; print(nbutils.__file__)"]).strip()
+    _run([python, "-m", "pip", "install", "-q", f"nbutils @ git+file://{clone}"], tmp_path)
+    assert _run(version, tmp_path).strip() == before, (
+        "installing nbutils replaced the environment's torch"
+    )
+    where = _run([python, "-c", "import nbutils; print(nbutils.__file__)"], tmp_path).strip()
     assert str(venv) in where, f"nbutils was imported from {where}, not from the environment"
 
+    data = os.environ.get("NBUTILS_DATA", str(ROOT / ".cache" / "data"))
     env = {**os.environ, "NBUTILS_PROFILE": "smoke", "NBUTILS_CKPT": str(tmp_path / "ckpt"),
-           "NBUTILS_DATA": os.environ.get("NBUTILS_DATA", str(ROOT / ".cache" / "data"))}  # fmt: skip
+           "NBUTILS_DATA": data}  # fmt: skip
     env.pop("PYTHONPATH", None)
     out = tmp_path / "out"
     _run([python, "-m", "nbutils.run", str(clone / "book" / "00_data.ipynb"), "--out", str(out)],
-         cwd=tmp_path, env=env)  # fmt: skip
+         tmp_path, env=env)  # fmt: skip
     assert (out / "timings.json").exists()
