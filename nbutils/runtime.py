@@ -240,6 +240,12 @@ def banner(expected: dict[str, str] | None = None) -> str:
     ]
     if expected and name in expected:
         lines.append(f"expected: {expected[name]} for the whole notebook in this profile")
+        here = device()
+        if name == "gpu" and here.type == "cuda" and not bf16_supported(here):
+            lines.append(
+                "          (measured on an H100/H200; this GPU has no native bfloat16, as on "
+                "Colab's T4, so expect it to take several times longer: an estimate, not measured)"
+            )
     text = "\n".join(lines)
     print(text)
     return text

@@ -179,3 +179,13 @@ def test_bf16_falls_back_to_float32_where_it_is_not_native(monkeypatch):
         fit(torch.nn.Linear(3, 2), loss_fn, batches(), steps=2, autocast=torch.bfloat16)
     assert seen == [torch.float32] * 2
     assert runtime.autocast_dtype(None, "cuda") is None
+
+
+def test_banner_warns_on_a_gpu_without_bf16(monkeypatch, capsys):
+    monkeypatch.setenv("NBUTILS_PROFILE", "gpu")
+    monkeypatch.setattr(runtime, "device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(runtime, "bf16_supported", lambda where: False)
+    text = runtime.banner({"gpu": "about 5 minutes"})
+    assert "about 5 minutes" in text and "no native bfloat16" in text and "not measured" in text
+    monkeypatch.setattr(runtime, "bf16_supported", lambda where: True)
+    assert "bfloat16" not in runtime.banner({"gpu": "about 5 minutes"})
