@@ -248,7 +248,7 @@ def sample_table(results: dict, profile: str) -> list[dict]:
 def _seconds_per_1k(note: str | None, n: int | None) -> float | None:
     """Sampling seconds per 1,000 samples, from a note "..., 15.3 s per batch of 400" (or
     "..., 2.2 s", the time of the whole set of ``n`` samples); None where no time is noted."""
-    timed = re.search(r"([\d.]+) s(?: per batch of ([\d,]+))?", note or "")
+    timed = re.search(r"([\d.]+) s\b(?: per batch of ([\d,]+))?", note or "")
     if timed is None:
         return None
     count = int(timed.group(2).replace(",", "")) if timed.group(2) else n

@@ -50,3 +50,8 @@ def test_times_are_read_from_the_notes():
     assert compare._seconds_per_1k("NFE 10, 2.2 s", 200) == pytest.approx(11.0)
     assert compare._seconds_per_1k("paper: LPIPS loss; ours: L2", 400) is None
     assert compare._seconds("92 / 30 / 24") == 146 and compare._seconds(12.5) == 12.5
+
+
+def test_a_step_count_is_not_read_as_a_time():
+    assert compare._seconds_per_1k("paper: adaptive RK45; ours: 100 Euler steps", 400) is None
+    assert compare._seconds_per_1k("45 steps; NFE 45, 0.50 s per batch of 100", 400) == 5.0
