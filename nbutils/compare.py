@@ -143,18 +143,20 @@ LIKELIHOODS = (
 
 
 def likelihood_table(results: dict, profiles=PROFILES) -> list[dict]:
-    """One dict per row: model, data, chapter, unit, paper, and per profile value / params /
+    """One dict per row: model, data, chapter, unit, and per profile value / paper / params /
     train seconds (None where missing)."""
     rows = []
     for row in LIKELIHOODS:
-        out = {"data": row.data, "model": row.model, "chapter": row.chapter, "unit": None,
-               "paper": None}  # fmt: skip
+        out = {"data": row.data, "model": row.model, "chapter": row.chapter, "unit": None}
         for profile in profiles:
             found = entry(results, profile, row.chapter, row.metric) or {}
             out["unit"] = out["unit"] or found.get("unit")
-            out["paper"] = out["paper"] if out["paper"] is not None else found.get("paper")
+            out[f"{profile} paper"] = found.get("paper")  # each run cites its own reference
             out[profile] = found.get("value")
             out[f"{profile} params"] = metric(results, profile, row.chapter, row.params)
+            if out[f"{profile} params"] is None:  # chapter 01 notes them: "101,136 params"
+                noted = re.search(r"([\d,]+) params", found.get("note") or "")
+                out[f"{profile} params"] = int(noted.group(1).replace(",", "")) if noted else None
             out[f"{profile} train s"] = _seconds(
                 metric(results, profile, row.chapter, row.train_time)
             )
@@ -179,7 +181,9 @@ class SamplerRow:
 
     ``nfe`` is a number; or a metric's name, whose value is the NFE (RK45 chooses its own
     steps); or ``"note"``: the "NFE n" that the entry's own note records (NCSN's noise levels
-    times its steps per level, which depend on the profile).
+    times its steps per level, which depend on the profile). ``conditional``: the samples were
+    drawn given their class labels (chapter 08, labels 0-9 in equal shares), which is an easier
+    task than unconditional sampling, so such rows are kept off the unconditional frontier.
     """
 
     family: str
@@ -187,6 +191,7 @@ class SamplerRow:
     chapter: str
     metric: str
     nfe: float | str
+    conditional: bool = False
 
 
 def _fd_rows() -> tuple[SamplerRow, ...]:
@@ -207,10 +212,10 @@ def _fd_rows() -> tuple[SamplerRow, ...]:
                       ("2-rectified + distillation, 1 step", 1)):  # fmt: skip
         rows.append(SamplerRow("rectified flow", name, "07", name, nfe))
     for k in (5, 10, 50):
-        rows.append(SamplerRow("latent RF (SD3)", f"logit-normal MM-DiT, {k} steps", "08",
-                               f"logit-normal(0, 1): FD at {k} steps", k))  # fmt: skip
-    rows.append(SamplerRow("rectified flow", "U-Net on pixels, 50 steps", "08",
-                           "U-Net, chapter 07 (pixels): FD at 50 steps", 50))  # fmt: skip
+        rows.append(SamplerRow("latent RF (SD3), class-conditional", f"MM-DiT, {k} steps", "08",
+                               f"logit-normal(0, 1): FD at {k} steps", k, True))  # fmt: skip
+    rows.append(SamplerRow("rectified flow, class-conditional", "U-Net on pixels, 50 steps", "08",
+                           "U-Net, chapter 07 (pixels): FD at 50 steps", 50, True))  # fmt: skip
     return tuple(rows)
 
 
@@ -229,7 +234,8 @@ def _nfe(results: dict, profile: str, row: SamplerRow, found: dict):
 
 def sample_table(results: dict, profile: str) -> list[dict]:
     """One dict per sampler: family, sampler, chapter, fd, nfe, n (samples), floor (at that n)
-    and "s per 1k" (sampling seconds per 1,000 samples, where the chapter timed it)."""
+    "s per 1k" (sampling seconds per 1,000 samples, where the chapter timed it) and
+    "conditional" (drawn given class labels)."""
     rows = []
     for row in SAMPLERS:
         found = entry(results, profile, row.chapter, row.metric) or {}
@@ -242,6 +248,7 @@ def sample_table(results: dict, profile: str) -> list[dict]:
             "floor": metric(results, profile, row.chapter, FLOOR),
         })  # fmt: skip
         rows[-1]["s per 1k"] = _seconds_per_1k(found.get("note"), rows[-1]["n"])
+        rows[-1]["conditional"] = row.conditional
     return rows
 
 

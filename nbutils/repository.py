@@ -40,25 +40,28 @@ def set_address(url: str, root: Path = ROOT) -> list[Path]:
     text = config.read_text()
     if _CONFIG_URL.search(text) is None:
         raise ValueError(f"{config} has no repository.url to replace")
-    old, changed = address(root), []
+    old = address(root)
+    same = re.compile(re.escape(old) + r"(?![\w.-])")  # the address, not a longer one
+    rewrites = {}  # path -> new text: all made first, then all written
     new = _CONFIG_URL.sub(lambda m: m.group(1) + url, text, count=1)
     if new != text:
-        config.write_text(new)
-        changed.append(config)
+        rewrites[config] = new
     for path in sorted((root / "book").glob("*.ipynb")):
         notebook = json.loads(path.read_text())
         touched = False
         for cell in notebook["cells"]:
             source = "".join(cell["source"])
             if cell["cell_type"] == "code" and "google.colab" in source:
-                replaced = source.replace(old, url)
+                replaced = same.sub(url, source)
                 if replaced != source:
                     lines = replaced.split("\n")
                     cell["source"] = [line + "\n" for line in lines[:-1]] + [lines[-1]]
                     touched = True
         if touched:
-            path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
-            changed.append(path)
+            rewrites[path] = json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
+    for path, content in rewrites.items():
+        path.write_text(content)
+    changed = list(rewrites)
     return changed
 
 

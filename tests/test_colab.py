@@ -1,13 +1,15 @@
 """The learner's Colab path, end to end: a fresh virtual environment holding only what Colab
 has (torch, numpy, matplotlib, ipywidgets, tqdm; no nbutils), the package installed the way
 the notebooks' set-up cell installs it (pip, from the repository: here a local clone), and
-one notebook run in the smoke profile on that environment. The install must pull no hidden
-dependency and must leave the torch that was there.
+one notebook run in the smoke profile on that environment. The set-up cell itself runs, on a
+fake ``google.colab`` module, with the repository address pointed at the local clone. The
+install must add nothing but nbutils (no hidden dependency) and must leave torch as it was.
 
 It takes about two minutes (most of it installing torch into the new environment), so it
 runs only with ``NBUTILS_COLAB_TEST=1``, which ``make test`` sets.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from nbutils import repository
 
 ROOT = Path(__file__).resolve().parents[1]
 COLAB_HAS = ["numpy", "matplotlib", "ipywidgets", "tqdm"]
@@ -47,11 +51,19 @@ def test_a_colab_like_environment_installs_the_package_and_runs_a_notebook(tmp_p
                    tmp_path)  # fmt: skip
     assert missing.strip() == "None", "the fresh environment already has nbutils"
 
-    # what the set-up cell runs: pip install "nbutils @ git+<repository>"
-    _run([python, "-m", "pip", "install", "-q", f"nbutils @ git+file://{clone}"], tmp_path)
-    assert _run(version, tmp_path).strip() == before, (
-        "installing nbutils replaced the environment's torch"
-    )
+    # the notebook's own set-up cell, on a fake Colab, pointed at the local clone
+    freeze = [python, "-m", "pip", "freeze"]
+    packages = set(_run(freeze, tmp_path).split())
+    cells = json.loads((clone / "book" / "00_data.ipynb").read_text())["cells"]
+    setup = next("".join(c["source"]) for c in cells if "google.colab" in "".join(c["source"]))
+    setup = setup.replace(repository.address(clone), f"file://{clone}")
+    fake = "import sys, types\nsys.modules['google.colab'] = types.ModuleType('google.colab')\n"
+    _run([python, "-c", fake + setup], tmp_path)
+    added = {
+        p.split("==")[0].split(" @ ")[0] for p in set(_run(freeze, tmp_path).split()) - packages
+    }
+    assert added == {"nbutils"}, f"the install added or changed more than nbutils: {added}"
+    assert _run(version, tmp_path).strip() == before, "installing nbutils replaced the torch"
     where = _run([python, "-c", "import nbutils; print(nbutils.__file__)"], tmp_path).strip()
     assert str(venv) in where, f"nbutils was imported from {where}, not from the environment"
 
