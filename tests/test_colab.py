@@ -53,14 +53,15 @@ def test_a_colab_like_environment_installs_the_package_and_runs_a_notebook(tmp_p
 
     # the notebook's own set-up cell, on a fake Colab, pointed at the local clone
     freeze = [python, "-m", "pip", "freeze"]
-    packages = set(_run(freeze, tmp_path).split())
+    packages = set(_run(freeze, tmp_path).splitlines())
     cells = json.loads((clone / "book" / "00_data.ipynb").read_text())["cells"]
     setup = next("".join(c["source"]) for c in cells if "google.colab" in "".join(c["source"]))
     setup = setup.replace(repository.address(clone), f"file://{clone}")
     fake = "import sys, types\nsys.modules['google.colab'] = types.ModuleType('google.colab')\n"
     _run([python, "-c", fake + setup], tmp_path)
     added = {
-        p.split("==")[0].split(" @ ")[0] for p in set(_run(freeze, tmp_path).split()) - packages
+        p.split("==")[0].split(" @ ")[0]
+        for p in set(_run(freeze, tmp_path).splitlines()) - packages
     }
     assert added == {"nbutils"}, f"the install added or changed more than nbutils: {added}"
     assert _run(version, tmp_path).strip() == before, "installing nbutils replaced the torch"
