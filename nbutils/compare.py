@@ -16,11 +16,12 @@ another profile::
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from nbutils.measured import MissingResult, joined, load_results
 
 PROFILES = ("cpu", "gpu")
 MISSING = "missing"
@@ -46,9 +47,10 @@ def load(root: Path, profiles=PROFILES) -> dict[str, dict]:
     """``results/<profile>.json`` under ``root`` for each profile that has one."""
     found = {}
     for name in profiles:
-        path = Path(root) / "results" / f"{name}.json"
-        if path.exists():
-            found[name] = json.loads(path.read_text())
+        try:
+            found[name] = load_results(Path(root), name)
+        except MissingResult:  # a profile never run: its numbers show as missing
+            continue
     return found
 
 
@@ -143,8 +145,9 @@ LIKELIHOODS = (
 
 
 def likelihood_table(results: dict, profiles=PROFILES) -> list[dict]:
-    """One dict per row: model, data, chapter, unit, and per profile value / paper / params /
-    train seconds (None where missing)."""
+    """One dict per row: model, data, chapter, unit, paper (one text, both profiles' when their
+    references differ), and per profile value / paper / params / train seconds (None where
+    missing)."""
     rows = []
     for row in LIKELIHOODS:
         out = {"data": row.data, "model": row.model, "chapter": row.chapter, "unit": None}
@@ -160,6 +163,9 @@ def likelihood_table(results: dict, profiles=PROFILES) -> list[dict]:
             out[f"{profile} train s"] = _seconds(
                 metric(results, profile, row.chapter, row.train_time)
             )
+        out["paper"] = joined(
+            {p: out[f"{p} paper"] for p in profiles}
+        )  # "88.4 (cpu) / 89.59 (gpu)"
         rows.append(out)
     return rows
 

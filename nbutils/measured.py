@@ -96,7 +96,7 @@ def measured(root: Path, text: str) -> str:
     return render(lookup(root, ref), spec.strip())
 
 
-def _joined(values: dict[str, object]) -> str:
+def joined(values: dict[str, object]) -> str:
     """One text for a field that may differ between profiles: ``88.4 (cpu) / 89.59 (gpu)``."""
     present = {p: v for p, v in values.items() if v not in (None, "")}
     texts = {p: render(v) for p, v in present.items()}
@@ -120,8 +120,8 @@ def table_rows(root: Path, chapter: str, metrics: list[str], profiles=PROFILE_OR
         if not found:
             raise MissingResult(f"no profile has metric {name!r} of chapter {chapter}")
         values = [render(found[p]["value"]) if p in found else "not run" for p in profiles]
-        fields = [_joined({p: e.get(key) for p, e in found.items()}) for key in ("unit", "paper")]
-        source = _joined({p: e.get("source") for p, e in found.items()})
+        fields = [joined({p: e.get(key) for p, e in found.items()}) for key in ("unit", "paper")]
+        source = joined({p: e.get("source") for p, e in found.items()})
         rows.append([name, *values, *fields, source])
     return header, rows
 
