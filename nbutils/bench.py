@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from nbutils.runtime import device as default_device
-from nbutils.runtime import flush_subnormals, git_commit, machine, timed
+from nbutils.runtime import bf16_supported, flush_subnormals, git_commit, machine, timed
 from nbutils.train import _recorded, _schedule, adamw, fit
 
 
@@ -163,10 +163,26 @@ def _model(case: Case, variant: str, device) -> torch.nn.Module:
     return model
 
 
+def default_variants(device) -> list[str]:
+    """fp32 alone on the CPU and on GPUs without native bfloat16 (a T4), else every variant."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return ["fp32"]
+    if not bf16_supported(device):
+        print(f"{device} has no native bfloat16: measuring fp32 only")
+        return ["fp32"]
+    return list(VARIANTS)
+
+
 def measure(case: Case, *, steps: int, repeats: int, device, variant: str = "fp32") -> dict:
     """Median and spread of seconds per step for fit() and the bare loop, and their ratio."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if variant.startswith("bf16") and not bf16_supported(device):
+        raise ValueError(
+            f"variant {variant!r} needs native bfloat16, which {torch.device(device)} lacks (fit "
+            "would train in float32 there, the bare loop in emulated bf16): measure 'fp32'"
+        )
     autocast = torch.bfloat16 if variant.startswith("bf16") else None
     common = dict(steps=steps, lr=case.lr, autocast=autocast)
     times = {"fit": [], "bare": [], "start": []}
@@ -309,9 +325,7 @@ def main(argv=None) -> int:
                 f"unknown families {sorted(unknown)}; known: {[c.name for c in chosen]}"
             )
         chosen = [c for c in chosen if c.name in wanted]
-    variants = (args.variants or ("fp32" if device.type == "cpu" else ",".join(VARIANTS))).split(
-        ","
-    )
+    variants = args.variants.split(",") if args.variants else default_variants(device)
     rows = []
     for case, variant in ((c, v) for c in chosen for v in variants):
         if "channels_last" in variant and not case.conv:

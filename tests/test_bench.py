@@ -79,3 +79,17 @@ def test_the_subnormal_timing_reports_both_ends_of_a_run(capsys, one_thread):
     with pytest.raises(ValueError, match="at least 200 steps, got 50"):
         bench.subnormal_slowdown("tiny", steps=50)
     torch.set_flush_denormal(False)  # the process default
+
+
+def test_a_gpu_without_native_bf16_is_measured_in_fp32_only(monkeypatch):
+    """On a T4, fit() falls back to float32 while a bare loop would emulate bf16: no fair ratio."""
+    import pytest
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert bench.default_variants(torch.device("cuda")) == ["fp32"]
+    assert bench.default_variants(torch.device("cpu")) == ["fp32"]
+    case = bench.cases("tiny")[0]
+    with pytest.raises(ValueError, match="needs native bfloat16"):
+        bench.measure(case, steps=2, repeats=1, device=torch.device("cuda"), variant="bf16")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert bench.default_variants(torch.device("cuda")) == list(bench.VARIANTS)
