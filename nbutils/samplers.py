@@ -153,17 +153,27 @@ def euler(model: Callable, x: torch.Tensor, ts, *, callback=None, **cond) -> tor
 
 
 @_gradient_switch
-def heun(model: Callable, x: torch.Tensor, ts, *, callback=None, **cond) -> torch.Tensor:
+def heun(model: Callable, x: torch.Tensor, ts, *, callback=None, final_euler: bool = False,
+         **cond) -> torch.Tensor:  # fmt: skip
     """Heun's method (explicit trapezoid): an Euler predictor, then the average of the two
-    slopes; second order, two evaluations per step. Same arguments as :func:`euler`."""
+    slopes; second order, two evaluations per step. Same arguments as :func:`euler`, and
+
+    Args:
+        final_euler: make the last step a plain Euler step (2 k - 1 evaluations for k steps), as
+            Karras et al. (2022) do: it never evaluates the model at the grid's end. That matters
+            when the model is worst there, e.g. a reflowed flow at t = 0, where it would have to
+            invert its own coupling (chapter 07).
+    """
     ts, _ = check_grid(ts), _check_state(x)
+    last = len(ts) - 2
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:], strict=True)):
         h = t_next - t
-        v1 = velocity(model, x, t, **cond)
-        v2 = velocity(model, x + h * v1, t_next, **cond)  # slope at the Euler prediction
-        v = 0.5 * (v1 + v2)
+        v = velocity(model, x, t, **cond)
+        if not (final_euler and i == last):
+            v2 = velocity(model, x + h * v, t_next, **cond)  # slope at the Euler prediction
+            v = 0.5 * (v + v2)
         x = x + h * v
-        _report(callback, i, t_next, x, v, 2 * (i + 1))
+        _report(callback, i, t_next, x, v, 2 * (i + 1) - (final_euler and i == last))
     return x
 
 

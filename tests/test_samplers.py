@@ -231,3 +231,24 @@ def test_trajectory_holds_every_state_of_the_solve(device):
     )
     kept = trajectory(growth_field, x, time_grid(3), sampler=heun)
     assert torch.equal(kept[-1], heun(growth_field, x, time_grid(3)))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_heun_with_a_final_euler_step_is_heun_then_euler(steps):
+    """On dx/dt = a x a Heun step multiplies by 1 + ha + (ha)^2 / 2 and an Euler step by
+    1 + ha; the last step must be the Euler one, and the model is never asked at t = 0."""
+    a, h = 1.7, -1.0 / steps
+    seen, reported = [], []
+
+    def linear(x, t):
+        seen.append(t[0].item())
+        return a * x
+
+    x1 = torch.ones(2, 1, dtype=torch.float64)
+    out = heun(linear, x1, time_grid(steps), final_euler=True, callback=reported.append)
+    expected = (1 + h * a + (h * a) ** 2 / 2) ** (steps - 1) * (1 + h * a)
+    torch.testing.assert_close(out, torch.full_like(x1, expected), rtol=1e-12, atol=0)
+    assert len(seen) == 2 * steps - 1 == reported[-1]["nfe"]
+    assert min(seen) > 0, "the model was evaluated at the end of the grid"
+    full = heun(linear, x1, time_grid(steps))
+    torch.testing.assert_close(full, torch.full_like(x1, (1 + h * a + (h * a) ** 2 / 2) ** steps))
