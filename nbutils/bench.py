@@ -298,7 +298,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", help="comma-separated family names")
     parser.add_argument(
         "--variants",
-        help=f"comma-separated, from {', '.join(VARIANTS)} (default: fp32 on the CPU, all on CUDA)",
+        help=f"comma-separated, from {', '.join(VARIANTS)} (default: fp32 on the CPU and on GPUs "
+        "without native bf16, all on the others)",
     )
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument(
@@ -326,6 +327,11 @@ def main(argv=None) -> int:
             )
         chosen = [c for c in chosen if c.name in wanted]
     variants = args.variants.split(",") if args.variants else default_variants(device)
+    refused = [v for v in variants if v not in VARIANTS or (v.startswith("bf16") and
+                                                            not bf16_supported(device))]  # fmt: skip
+    if refused:  # before measuring anything, so that no measured row is lost
+        raise SystemExit(f"variants {refused} cannot run on {device}: known {list(VARIANTS)}, "
+                         f"and bf16 needs native support ({bf16_supported(device)} here)")  # fmt: skip
     rows = []
     for case, variant in ((c, v) for c in chosen for v in variants):
         if "channels_last" in variant and not case.conv:

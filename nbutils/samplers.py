@@ -160,9 +160,10 @@ def heun(model: Callable, x: torch.Tensor, ts, *, callback=None, final_euler: bo
 
     Args:
         final_euler: make the last step a plain Euler step (2 k - 1 evaluations for k steps), as
-            Karras et al. (2022) do: it never evaluates the model at the grid's end. That matters
-            when the model is worst there, e.g. a reflowed flow at t = 0, where it would have to
-            invert its own coupling (chapter 07).
+            Karras et al. (2022) do: it never evaluates the model at the grid's end. A flow sees
+            only exact data points at t = 0 in training, and the corrector would ask it at an
+            Euler prediction, which is not one; a reflowed flow is also poor at t = 0 itself,
+            where it must invert its own coupling (chapter 07 measures both).
     """
     ts, _ = check_grid(ts), _check_state(x)
     last = len(ts) - 2

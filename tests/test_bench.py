@@ -93,3 +93,11 @@ def test_a_gpu_without_native_bf16_is_measured_in_fp32_only(monkeypatch):
         bench.measure(case, steps=2, repeats=1, device=torch.device("cuda"), variant="bf16")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert bench.default_variants(torch.device("cuda")) == list(bench.VARIANTS)
+
+
+def test_refused_variants_stop_the_command_before_anything_is_measured(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.setattr(bench, "measure", lambda *a, **k: pytest.fail("measured before checking"))
+    with pytest.raises(SystemExit, match=r"\['fp8'\] cannot run"):
+        bench.main(["--profile", "tiny", "--variants", "fp32,fp8", "--out", str(tmp_path)])
