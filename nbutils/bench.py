@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 
-from nbutils.runtime import device as default_device
 from nbutils.runtime import bf16_supported, flush_subnormals, git_commit, machine, timed
+from nbutils.runtime import device as default_device
 from nbutils.train import _recorded, _schedule, adamw, fit
 
 
@@ -327,11 +327,13 @@ def main(argv=None) -> int:
             )
         chosen = [c for c in chosen if c.name in wanted]
     variants = args.variants.split(",") if args.variants else default_variants(device)
-    refused = [v for v in variants if v not in VARIANTS or (v.startswith("bf16") and
-                                                            not bf16_supported(device))]  # fmt: skip
+    native = bf16_supported(device)
+    refused = [v for v in variants if v not in VARIANTS or (v.startswith("bf16") and not native)]
     if refused:  # before measuring anything, so that no measured row is lost
-        raise SystemExit(f"variants {refused} cannot run on {device}: known {list(VARIANTS)}, "
-                         f"and bf16 needs native support ({bf16_supported(device)} here)")  # fmt: skip
+        raise SystemExit(
+            f"variants {refused} cannot run on {device}: known {list(VARIANTS)}, and bf16 "
+            f"needs native support (native bf16 here: {native})"
+        )
     rows = []
     for case, variant in ((c, v) for c in chosen for v in variants):
         if "channels_last" in variant and not case.conv:
