@@ -326,7 +326,8 @@ def main(argv=None) -> int:
                 f"unknown families {sorted(unknown)}; known: {[c.name for c in chosen]}"
             )
         chosen = [c for c in chosen if c.name in wanted]
-    variants = args.variants.split(",") if args.variants else default_variants(device)
+    variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    variants = variants or default_variants(device)
     native = bf16_supported(device)
     refused = [v for v in variants if v not in VARIANTS or (v.startswith("bf16") and not native)]
     if refused:  # before measuring anything, so that no measured row is lost
