@@ -168,13 +168,13 @@ def heun(model: Callable, x: torch.Tensor, ts, *, callback=None, final_euler: bo
     ts, _ = check_grid(ts), _check_state(x)
     last = len(ts) - 2
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:], strict=True)):
-        h = t_next - t
+        h, euler_step = t_next - t, final_euler and i == last
         v = velocity(model, x, t, **cond)
-        if not (final_euler and i == last):
+        if not euler_step:
             v2 = velocity(model, x + h * v, t_next, **cond)  # slope at the Euler prediction
             v = 0.5 * (v + v2)
         x = x + h * v
-        _report(callback, i, t_next, x, v, 2 * (i + 1) - (final_euler and i == last))
+        _report(callback, i, t_next, x, v, 2 * (i + 1) - euler_step)
     return x
 
 
