@@ -10,6 +10,7 @@ says what differs.
 
 from __future__ import annotations
 
+import dis
 import functools
 import hashlib
 import inspect
@@ -113,8 +114,12 @@ def describe_callable(fn, depth: int = 0) -> str:
     docstring), its default arguments and the values it closes over; for a
     ``functools.partial`` also its bound arguments. Lambdas and notebook functions too.
 
-    Not seen: the globals a function reads and the code of the functions it calls (a change
-    inside the package itself is not detected; ``retrain=True`` or another name then).
+    A function written in the notebook or script itself (module ``__main__``) is described
+    with the globals it reads, each by :func:`describe_value`: another time sampler, teacher
+    network or number in a notebook variable is a change of the loss. Not seen: the contents
+    of lists and dicts (counters change; pass a setting in the config) and the globals of the
+    package's own functions, so a change inside the package is not detected
+    (``retrain=True`` or another name then).
     """
     if depth > 4:  # deep or self-referring structures: the name is enough
         return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
@@ -133,12 +138,38 @@ def describe_callable(fn, depth: int = 0) -> str:
             for k, v in sorted((fn.__kwdefaults__ or {}).items())
         ]
         extras += [_describe_cell(c, depth + 1) for c in fn.__closure__ or ()]
+        if fn.__module__ == "__main__":
+            extras += _describe_globals(fn, depth + 1)
         return f"{fn.__module__}.{fn.__qualname__}:{code}{extras or ''}"
     if isinstance(fn, nn.Module):
         return model_digest(fn)
     if isinstance(fn, type) or inspect.isbuiltin(fn):
         return f"{fn.__module__}.{fn.__qualname__}"
     return _describe_object(fn, depth)  # a callable object: its type and plain attributes
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    """The global names that compiled code (and the functions and lambdas inside it) loads."""
+    names = {i.argval for i in dis.get_instructions(code) if i.opname == "LOAD_GLOBAL"}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def _describe_globals(fn, depth: int) -> list[str]:
+    """``name=description`` of each global a function reads that is defined (modules by their
+    name; builtins and names not yet defined are left out)."""
+    described = []
+    for name in sorted(_global_names(fn.__code__)):
+        if name not in fn.__globals__:
+            continue
+        value = fn.__globals__[name]
+        if isinstance(value, types.ModuleType):
+            described.append(f"{name}=module {value.__name__}")
+        elif value is not fn:  # a recursive function: its own code is already described
+            described.append(f"{name}={describe_value(value, depth)}")
+    return described
 
 
 def _describe_cell(cell, depth: int) -> str:
@@ -169,7 +200,8 @@ def _describe_object(value, depth: int) -> str:
 def describe_value(value, depth: int = 0) -> str:
     """Plain values and tuples by their repr, callables by :func:`describe_callable`, classes
     by name, modules and tensors by a digest, other objects by their type and plain
-    attributes (lists and dicts only by their type: state that changes, such as counters)."""
+    attributes (lists and dicts only by their type: state that changes, such as counters;
+    a setting belongs in the config)."""
     if value is None or isinstance(value, bool | int | float | str | torch.dtype):
         return repr(value)
     if isinstance(value, tuple):

@@ -217,9 +217,13 @@ def _fd_rows() -> tuple[SamplerRow, ...]:
                       ("2-rectified, 1 step", 1), ("2-rectified, 100 steps", 100),
                       ("2-rectified + distillation, 1 step", 1)):  # fmt: skip
         rows.append(SamplerRow("rectified flow", name, "07", name, nfe))
-    for k in (5, 10, 50):
-        rows.append(SamplerRow("latent RF (SD3), class-conditional", f"MM-DiT, {k} steps", "08",
-                               f"logit-normal(0, 1): FD at {k} steps", k, True))  # fmt: skip
+    for density in ("uniform", "logit-normal(0, 1)", "mode(1.29)", "cosmap"):
+        for k in (5, 10, 50):
+            rows.append(SamplerRow("latent RF (SD3), class-conditional",
+                                   f"MM-DiT, {density} times, {k} steps", "08",
+                                   f"{density}: FD at {k} steps", k, True))  # fmt: skip
+    rows.append(SamplerRow("latent RF (SD3), class-conditional", "DiT one stream, 50 steps", "08",
+                           "DiT, one stream (latent): FD at 50 steps", 50, True))  # fmt: skip
     rows.append(SamplerRow("rectified flow, class-conditional", "U-Net on pixels, 50 steps", "08",
                            "U-Net, chapter 07 (pixels): FD at 50 steps", 50, True))  # fmt: skip
     return tuple(rows)
@@ -279,15 +283,22 @@ def pareto(points: list[tuple[float, float]]) -> list[bool]:
 # ------------------------------------------------------------------------------------ costs
 
 COSTS = (  # (model, chapter, images/s metric, training-time metric)
+    ("FVSBN", "01", None, "FVSBN: train time"),
+    ("NADE", "01", None, "NADE: train time"),
+    ("MADE", "01", None, "MADE: train time"),
+    ("PixelCNN (binarized)", "01", None, "PixelCNN: train time"),
     ("PixelCNN-256", "01", "PixelCNN-256: training images/s", "PixelCNN-256: train time"),
     ("NICE", "02", "NICE, MNIST: training images/s", "NICE, MNIST: training time"),
     ("multiscale flow, uniform deq.", "03", "multiscale flow, uniform: training images/s",
      "multiscale flow, uniform: training time"),
+    ("multiscale flow, variational deq.", "03", "multiscale flow, variational: training images/s",
+     "multiscale flow, variational: training time"),
     ("NCSN", "04", "NCSN, MNIST: training images/s", "NCSN, MNIST: training time"),
     ("VP-SDE U-Net", "05", "VP-SDE, MNIST: training images/s", "VP-SDE, MNIST: training time"),
     ("rectified flow U-Net (time: stages 1-3)", "07", "1-rectified flow: training images/s",
      "training time, stages 1 / 2 / 3"),
     ("MM-DiT (latent)", "08", "MM-DiT (latent): training images/s", None),
+    ("DiT, one stream (latent)", "08", "DiT, one stream (latent): training images/s", None),
     ("U-Net (pixels), chapter 08", "08", "U-Net, chapter 07 (pixels): training images/s", None),
     ("CPC", "09", "CPC training images/s", None),
 )  # fmt: skip

@@ -98,9 +98,15 @@ def nce_loss(data_log_ratio: torch.Tensor, noise_log_ratio: torch.Tensor) -> tor
 # ----------------------------------------------------------------------------------- critics
 
 
-def _check_pair(x, y) -> None:
+def _check_pair(x, y, dims: tuple[int, int] | None = None) -> None:
+    """x (N, Dx) and y (N, Dy) of one batch of pairs; with ``dims``, the critic's (Dx, Dy)."""
     check_tensor(x, "x", shape=("N", "Dx"), floating=True)
     check_tensor(y, "y", shape=("N", "Dy"), floating=True)
+    if dims is not None and (x.shape[1], y.shape[1]) != dims:
+        raise ValueError(
+            f"this critic scores x of {dims[0]} and y of {dims[1]} features, got x "
+            f"{tuple(x.shape)} and y {tuple(y.shape)}"
+        )
     if x.shape[0] != y.shape[0]:
         raise ValueError(
             f"x and y must hold the same number of pairs (row i of each is one pair), got "
@@ -116,11 +122,12 @@ class SeparableCritic(nn.Module):
 
     def __init__(self, dim_x: int, dim_y: int, hidden: int = 256, embed: int = 32, layers: int = 2):
         super().__init__()
+        self.dims = (dim_x, dim_y)
         self.g = MLP((dim_x, *[hidden] * layers, embed), activation=nn.ReLU)
         self.h = MLP((dim_y, *[hidden] * layers, embed), activation=nn.ReLU)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        _check_pair(x, y)
+        _check_pair(x, y, self.dims)
         return self.g(x) @ self.h(y).T
 
 
@@ -132,6 +139,7 @@ class BilinearCritic(nn.Module):
 
     def __init__(self, dim_x: int, dim_y: int):
         super().__init__()
+        self.dims = (dim_x, dim_y)
         self.weight = nn.Parameter(torch.zeros(dim_x, dim_y))
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,7 +147,7 @@ class BilinearCritic(nn.Module):
         return x @ self.weight
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        _check_pair(x, y)
+        _check_pair(x, y, self.dims)
         return self.project(x) @ y.T
 
 
@@ -151,10 +159,11 @@ class ConcatCritic(nn.Module):
 
     def __init__(self, dim_x: int, dim_y: int, hidden: int = 256, layers: int = 2):
         super().__init__()
+        self.dims = (dim_x, dim_y)
         self.net = MLP((dim_x + dim_y, *[hidden] * layers, 1), activation=nn.ReLU)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        _check_pair(x, y)
+        _check_pair(x, y, self.dims)
         n = x.shape[0]
         pairs = torch.cat([x[:, None].expand(n, n, -1), y[None].expand(n, n, -1)], dim=-1)
         return self.net(pairs).squeeze(-1)
@@ -243,7 +252,7 @@ def mi_staircase(
     try:
         with torch.no_grad():
             trial = critic(torch.zeros(2, dim, device=device), torch.zeros(2, dim, device=device))
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:
         raise ValueError(f"critic must score pairs of {dim}-dimensional x and y: {err}") from err
     if tuple(trial.shape) != (2, 2):
         raise ValueError(f"critic must return an (N, N) matrix, got {tuple(trial.shape)} for N=2")

@@ -243,8 +243,8 @@ def banner(expected: dict[str, str] | None = None) -> str:
         here = device()
         if name == "gpu" and here.type == "cuda" and not bf16_supported(here):
             lines.append(
-                "          (measured on an H100/H200; this GPU has no native bfloat16, as on "
-                "Colab's T4, so expect it to take several times longer: an estimate, not measured)"
+                "          (that is for an H100/H200; this GPU has no native bfloat16, as on "
+                "Colab's T4, so expect several times longer: an estimate, not measured)"
             )
     text = "\n".join(lines)
     print(text)

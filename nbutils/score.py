@@ -43,11 +43,19 @@ class ScoreModel(nn.Module):
     def __init__(self, net: nn.Module, schedule: Schedule | None = None):
         super().__init__()
         self.net, self.schedule = net, schedule or VESchedule()
+        zero = torch.zeros((), dtype=torch.float64)
+        self._sigma_vanishes = float(self.schedule.sigma(zero)) <= 0  # a VP path: sigma(0) = 0
 
     def extra_repr(self) -> str:
         return f"schedule={type(self.schedule).__name__}{vars(self.schedule)}"
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self._sigma_vanishes and bool((self.schedule.sigma(t) <= 0).any()):
+            raise ValueError(
+                f"{type(self.schedule).__name__} has sigma(t) = 0 at some of the times given "
+                f"(smallest t = {float(t.min()):.3g}); a score -noise / sigma needs sigma > 0: "
+                "call the model at t > 0 (e.g. t >= 1e-3)"
+            )
         noise = self.net(x, t)
         return self.schedule.convert(noise, x, t, source="noise", target="score")
 
@@ -60,6 +68,16 @@ def _data(batch) -> torch.Tensor:
     x = batch[0] if isinstance(batch, tuple | list) else batch
     check_tensor(x, "batch", shape=("B", "*"), floating=True)
     return x
+
+
+def _score(model: Callable, x: torch.Tensor, times: torch.Tensor, what: str = "model"):
+    """``model(x, times)``, refused unless it has the shape of x (a score is a field on x)."""
+    s = model(x, times)
+    if not isinstance(s, torch.Tensor) or s.shape != x.shape:
+        got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+        raise ValueError(f"{what} must return a score of the input's shape {tuple(x.shape)}, "
+                         f"got {got}")  # fmt: skip
+    return s
 
 
 def _times(t, x: torch.Tensor, generator) -> torch.Tensor:
@@ -88,11 +106,16 @@ def dsm_loss(model: Callable, batch, *, t=None, schedule: Schedule | None = None
     """
     x0 = _data(batch)
     schedule = schedule or model.schedule
+    if t is not None and float(schedule.sigma(torch.tensor(float(t), dtype=torch.float64))) <= 0:
+        raise ValueError(
+            f"{type(schedule).__name__} has sigma = 0 at t = {t}: nothing is noised there and "
+            "the score target -z / sigma is infinite; use t > 0"
+        )
     times = _times(t, x0, generator)
     z = draw(torch.randn, x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     x_t = schedule.interpolate(x0, z, times)
     sigma = append_dims(schedule.sigma(times), x0.dim())
-    return (sigma * model(x_t, times) + z).square().mean()
+    return (sigma * _score(model, x_t, times) + z).square().mean()
 
 
 def esm_loss(model: Callable, batch, *, t: float = 0.0) -> torch.Tensor:
@@ -104,7 +127,7 @@ def esm_loss(model: Callable, batch, *, t: float = 0.0) -> torch.Tensor:
     (integration by parts). The trace costs D backward passes: fine in 2D, not for images.
     """
     x = _data(batch).detach().requires_grad_(True)
-    s = model(x, _times(t, x, None))
+    s = _score(model, x, _times(t, x, None))
     trace = divergence_exact(s, x, create_graph=True)
     return (0.5 * s.flatten(1).square().sum(1) + trace).mean() / s[0].numel()
 
@@ -120,7 +143,7 @@ def ssm_loss(model: Callable, batch, *, t: float = 0.0, probes: int = 1,
     """
     check_count(probes, "probes")
     x = _data(batch).detach().requires_grad_(True)
-    s = model(x, _times(t, x, generator))
+    s = _score(model, x, _times(t, x, generator))
     v = rademacher((probes, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
     trace = divergence_hutchinson(s, x, v, create_graph=True)
     return (0.5 * s.flatten(1).square().sum(1) + trace).mean() / s[0].numel()
@@ -132,7 +155,8 @@ def fisher_divergence(score: Callable, exact: Callable, x: torch.Tensor, t: floa
     the distance between a learned and an exact score field at level t."""
     check_tensor(x, "x", shape=("B", "*"), floating=True, finite=True)
     times = _times(t, x, None)
-    return 0.5 * (score(x, times) - exact(x, times)).flatten(1).square().sum(1).mean().item()
+    difference = _score(score, x, times, "score") - _score(exact, x, times, "exact")
+    return 0.5 * difference.flatten(1).square().sum(1).mean().item()
 
 
 def sigma_max_rule(data: torch.Tensor, n: int = 2000, generator=None) -> float:

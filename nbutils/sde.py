@@ -47,7 +47,12 @@ class SDE:
         return f"SDE({type(self.schedule).__name__})"
 
     def _times(self, t) -> torch.Tensor:
-        return torch.as_tensor(t, dtype=torch.float64)
+        """t as float64, refused outside [0, 1] (the path is defined there only) or NaN."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        if not bool(((t >= 0) & (t <= 1)).all()):  # NaN fails both comparisons
+            bad = t[~((t >= 0) & (t <= 1))].flatten()[:3].tolist()
+            raise ValueError(f"times must lie in [0, 1] (t = 0 data, t = 1 noise), got {bad}")
+        return t
 
     def f(self, t) -> torch.Tensor:
         """Drift coefficient ``alpha' / alpha`` (the drift is ``f(t) x``)."""
@@ -63,7 +68,7 @@ class SDE:
         """Mean ``alpha(t) x_0`` (B, *) and standard deviation ``sigma(t)`` (B, 1, ..., 1)."""
         check_tensor(x0, "x0", shape=("B", "*"), floating=True)
         check_tensor(t, "t", shape=("B",), sizes={"B": x0.shape[0]})
-        tt = append_dims(t.to(torch.float64), x0.dim())
+        tt = append_dims(self._times(t), x0.dim())
         alpha, sigma = self.schedule.alpha(tt), self.schedule.sigma(tt)
         return alpha.to(x0.dtype) * x0, sigma.to(x0.dtype)
 
@@ -96,7 +101,11 @@ def noise_loss(net: Callable, batch, *, schedule: Schedule, t_min: float = 1e-3,
     u = uniform_times(x0.shape[0], device=x0.device, generator=generator).to(x0.dtype)
     t = t_min + (1 - t_min) * u
     z = draw(torch.randn, x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    return (net(schedule.interpolate(x0, z, t), t) - z).square().mean()
+    prediction = net(schedule.interpolate(x0, z, t), t)
+    if not isinstance(prediction, torch.Tensor) or prediction.shape != z.shape:
+        got = tuple(prediction.shape) if isinstance(prediction, torch.Tensor) else type(prediction)
+        raise ValueError(f"net must predict noise of the data's shape {tuple(z.shape)}, got {got}")
+    return (prediction - z).square().mean()
 
 
 def _check_sampling_grid(ts) -> list[float]:

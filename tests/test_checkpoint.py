@@ -89,6 +89,52 @@ def test_descriptions_see_defaults_closed_over_classes_and_plain_attributes():
     assert checkpoint.describe_callable(Scaled(1)) != checkpoint.describe_callable(Scaled(2))
 
 
+def _notebook(source: str) -> dict:
+    """Run ``source`` as a notebook cell runs: in a namespace whose module is __main__."""
+    namespace = {"__name__": "__main__"}
+    exec(source, namespace)
+    return namespace
+
+
+def test_a_notebook_function_is_described_with_the_globals_it_reads():
+    cell = _notebook(
+        "import torch\n"
+        "def u_shaped(n):\n    return torch.rand(n)\n"
+        "sigma = 0.5\n"
+        "teacher = torch.nn.Linear(2, 2)\n"
+        "loss = lambda m, b: (m(b) - teacher(b)).pow(2).mean() * sigma + u_shaped(1)\n"
+    )
+    describe = checkpoint.describe_callable
+    first = describe(cell["loss"])
+    assert describe(cell["loss"]) == first  # stable
+    exec("def u_shaped(n):\n    return torch.rand(n) ** 2\n", cell)  # another time sampler
+    second = describe(cell["loss"])
+    assert second != first
+    with torch.no_grad():
+        cell["teacher"].weight.add_(1.0)  # another teacher
+    third = describe(cell["loss"])
+    assert third != second
+    cell["sigma"] = 1.0  # another number in a notebook variable
+    assert describe(cell["loss"]) != third
+    cell["sigma"] = 0.5
+    assert describe(cell["loss"]) == third  # the description is of the values, not of time
+
+
+def test_globals_of_nested_functions_count_and_package_functions_keep_their_form():
+    from nbutils.rectified import flow_matching_loss
+
+    cell = _notebook(
+        "def outer(m, b):\n    inner = lambda: scale\n    return inner()\n"
+        "def rec(n):\n    return rec(n - 1) if n else 0\n"
+        "scale = 2.0\n"
+    )
+    before = checkpoint.describe_callable(cell["outer"])
+    cell["scale"] = 3.0
+    assert checkpoint.describe_callable(cell["outer"]) != before
+    assert "rec=" not in checkpoint.describe_callable(cell["rec"])  # no self-description
+    assert "=module" not in checkpoint.describe_callable(flow_matching_loss)  # not __main__
+
+
 def test_descriptions_ignore_docstrings_and_the_hash_seed(tmp_path):
     import subprocess
     import sys

@@ -136,6 +136,9 @@ def test_bad_inputs_say_what_was_expected():
         nwj(torch.tensor([[0.0, float("nan")], [0.0, 0.0]]))
     with pytest.raises(ValueError, match="same number of pairs"):
         SeparableCritic(2, 2, hidden=4)(torch.zeros(4, 2), torch.zeros(5, 2))
+    for critic in (SeparableCritic(2, 3, hidden=4), BilinearCritic(2, 3), ConcatCritic(2, 3, 4)):
+        with pytest.raises(ValueError, match=r"x of 2 and y of 3 features, got x \(4, 3\)"):
+            critic(torch.zeros(4, 3), torch.zeros(4, 3))
     with pytest.raises(ValueError, match="rho"):
         correlated_gaussians(4, 2, 1.0)
     with pytest.raises(ValueError, match="batch must be an int >= 2"):

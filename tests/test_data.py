@@ -201,3 +201,7 @@ def test_batches_reject_bad_arguments():
         data.Batches(torch.zeros(3), torch.zeros(4), batch_size=2)
     with pytest.raises(ValueError, match=r"batch_size must be in \[1, 3\]"):
         data.Batches(torch.zeros(3), batch_size=5)
+    for bad in (2.5, True, "2"):
+        with pytest.raises(ValueError, match=r"batch_size must be an int in \[1, 3\], got"):
+            data.Batches(torch.zeros(3), batch_size=bad)
+    assert data.Batches(torch.zeros(3), batch_size=np.int64(2)).batch_size == 2

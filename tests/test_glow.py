@@ -202,8 +202,12 @@ def test_every_parameter_of_a_multiscale_flow_gets_a_gradient():
 def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match=re.escape("even H and W, got (1, 7, 7)")):
         Squeeze((1, 7, 7))
-    with pytest.raises(ValueError, match="even H and W"):
+    with pytest.raises(ValueError, match=re.escape("(1, 28, 28): H and W must halve 3 times")):
         multiscale((1, 28, 28), levels=3, conditioner=conv_conditioner(8, 1))
+    with pytest.raises(ValueError, match=re.escape("event_shape (1, 6, 6): H and W must halve")):
+        multiscale((1, 6, 6), conditioner=conv_conditioner(8, 1))  # the shape given, named
+    with pytest.raises(ValueError, match=re.escape("must be (C, H, W) of ints, got (1, 28)")):
+        multiscale((1, 28), conditioner=conv_conditioner(8, 1))
     with pytest.raises(
         ValueError, match=re.escape("must have shape (B, 1, 4, 4), got (2, 1, 5, 4)")
     ):

@@ -139,3 +139,53 @@ def test_a_marker_that_follows_no_number_is_refused(tmp_path):
         path.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4}))
         with pytest.raises(measured.MissingResult, match="must follow a number directly"):
             measured.stale_notebook_numbers(tmp_path, path)
+
+
+def _banner_times(notebook: Path) -> dict[str, str]:
+    """The ``expected`` times a notebook's ``banner(...)`` call states, per profile."""
+    import ast
+
+    cells = json.loads(notebook.read_text())["cells"]
+    for cell in cells:
+        if cell["cell_type"] != "code" or "banner(" not in "".join(cell["source"]):
+            continue
+        for node in ast.walk(ast.parse("".join(cell["source"]))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "banner":
+                argument = node.args[0] if node.args else node.keywords[0].value
+                return ast.literal_eval(argument)
+    raise AssertionError(f"{notebook.name} has no banner(...) call")
+
+
+def _minutes(text: str) -> float | None:
+    """The first time in a banner text ("about 5 minutes", "at most 9 min", "30 s"), in minutes."""
+    match = re.search(r"(\d+(?:\.\d+)?)\s*(min|s\b|seconds?)", text)
+    if match is None:
+        return None
+    value = float(match.group(1))
+    return value if match.group(2) == "min" else value / 60
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_banner_times_agree_with_the_measured_runs(notebook):
+    """A notebook's announced time per profile is within 1.3x of its last measured run, and
+    a profile never measured says so ("not measured" or "estimated")."""
+    chapter = notebook.name[:2]
+    for profile, text in _banner_times(notebook).items():
+        if profile == "smoke":
+            continue
+        runs = json.loads((ROOT / "results" / f"{profile}.json").read_text())["chapters"]
+        run = runs.get(chapter)
+        if run is None or run.get("status") != "ok":
+            assert "not measured" in text or "estimated" in text, (
+                f"{notebook.name}: the {profile} banner says {text!r} but results/{profile}.json "
+                "has no run of this chapter"
+            )
+            continue
+        claimed, measured_min = _minutes(text), run["wall_seconds"] / 60
+        if claimed is None or "a few seconds" in text:
+            assert measured_min < 0.5, f"{notebook.name}: {text!r} vs {measured_min:.1f} min"
+            continue
+        assert 1 / 1.3 <= measured_min / claimed <= 1.3, (
+            f"{notebook.name}: the {profile} banner says {text!r}, the last run took "
+            f"{measured_min:.1f} min (results/{profile}.json)"
+        )

@@ -204,3 +204,13 @@ def test_bad_inputs_are_clear_errors():
         langevin(score, torch.full((2, 2), math.nan), 0.0, step=0.1, n_steps=1)
     with pytest.raises(ValueError, match="probes must be a positive int"):
         ssm_loss(lambda v, t: v, x, probes=0)
+    with pytest.raises(ValueError, match="VPSchedule has sigma = 0 at t = 0.0"):
+        dsm_loss(ScoreModel(nn.Identity(), VPSchedule()), x, t=0.0)
+    with pytest.raises(ValueError, match=r"sigma\(t\) = 0 .*smallest t = 0\)"):
+        ScoreModel(nn.Identity(), VPSchedule())(x, torch.zeros(4))
+    wrong = lambda v, t: v[:, :1]  # noqa: E731  a score of the wrong shape
+    for loss, kwargs in ((dsm_loss, {"schedule": VE}), (esm_loss, {}), (ssm_loss, {})):
+        with pytest.raises(ValueError, match=r"input's shape \(4, 2\), got \(4, 1\)"):
+            loss(wrong, x, **kwargs)
+    with pytest.raises(ValueError, match=r"exact must return a score of the input's shape"):
+        fisher_divergence(score, wrong, x, 0.5)

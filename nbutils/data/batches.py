@@ -4,6 +4,8 @@ and the batch transforms that make the views of :mod:`nbutils.data.views` on the
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from nbutils.checkpoint import CheckpointMismatch, describe_value, tensor_digest
@@ -32,6 +34,9 @@ class Batches:
         n = len(tensors[0])
         if any(len(t) != n for t in tensors):
             raise ValueError(f"tensors differ in length: {[len(t) for t in tensors]}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+            raise ValueError(f"batch_size must be an int in [1, {n}], got {batch_size!r}")
+        batch_size = int(batch_size)
         if not 1 <= batch_size <= n:
             raise ValueError(f"batch_size must be in [1, {n}], got {batch_size}")
         self.device = torch.device(device) if device is not None else tensors[0].device

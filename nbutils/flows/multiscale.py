@@ -116,6 +116,13 @@ def multiscale(
     if levels < 1:
         raise ValueError(f"levels must be at least 1, got {levels}")
     shape, built = tuple(event_shape), []
+    if len(shape) != 3 or any(isinstance(n, bool) or not isinstance(n, int) for n in shape):
+        raise ValueError(f"event_shape must be (C, H, W) of ints, got {event_shape!r}")
+    if any(n % 2**levels for n in shape[1:]):
+        raise ValueError(
+            f"event_shape {shape}: H and W must halve {levels} times (divisible by "
+            f"{2**levels}) for {levels} levels"
+        )
     for level in range(levels):
         layers = []
         if level == 0:
