@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from nbutils.tensors import check_count, check_tensor
+from nbutils.tensors import check_count, check_like, check_tensor
 
 
 def time_grid(steps: int, t_start: float = 1.0, t_end: float = 0.0) -> torch.Tensor:
@@ -97,13 +97,7 @@ def velocity(model: Callable, x: torch.Tensor, t: float, **cond) -> torch.Tensor
         (B, *) velocities dx/dt.
     """
     tb = torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)  # (B,)
-    v = model(x, tb, **cond)
-    if v.shape != x.shape:
-        raise ValueError(
-            f"the model returned shape {tuple(v.shape)} for x of shape {tuple(x.shape)}; "
-            "a velocity must have the shape of its input"
-        )
-    return v
+    return check_like(model(x, tb, **cond), x, "the model", "a velocity")
 
 
 class NFECounter:

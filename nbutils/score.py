@@ -26,7 +26,7 @@ from torch import nn
 
 from nbutils.likelihood import divergence_exact, divergence_hutchinson, rademacher
 from nbutils.paths import Schedule, VESchedule, uniform_times
-from nbutils.tensors import append_dims, check_count, check_tensor, draw
+from nbutils.tensors import append_dims, check_count, check_like, check_tensor, draw
 
 
 class ScoreModel(nn.Module):
@@ -70,14 +70,9 @@ def _data(batch) -> torch.Tensor:
     return x
 
 
-def _score(model: Callable, x: torch.Tensor, times: torch.Tensor, what: str = "model"):
+def _score(model: Callable, x: torch.Tensor, times: torch.Tensor, name: str = "the model"):
     """``model(x, times)``, refused unless it has the shape of x (a score is a field on x)."""
-    s = model(x, times)
-    if not isinstance(s, torch.Tensor) or s.shape != x.shape:
-        got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
-        raise ValueError(f"{what} must return a score of the input's shape {tuple(x.shape)}, "
-                         f"got {got}")  # fmt: skip
-    return s
+    return check_like(model(x, times), x, name, "a score")
 
 
 def _times(t, x: torch.Tensor, generator) -> torch.Tensor:

@@ -30,7 +30,7 @@ import torch
 from nbutils.langevin import langevin_step
 from nbutils.paths import Schedule, uniform_times
 from nbutils.samplers import check_grid, velocity
-from nbutils.tensors import append_dims, check_tensor, draw
+from nbutils.tensors import append_dims, check_like, check_tensor, draw
 
 
 class SDE:
@@ -101,11 +101,8 @@ def noise_loss(net: Callable, batch, *, schedule: Schedule, t_min: float = 1e-3,
     u = uniform_times(x0.shape[0], device=x0.device, generator=generator).to(x0.dtype)
     t = t_min + (1 - t_min) * u
     z = draw(torch.randn, x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    prediction = net(schedule.interpolate(x0, z, t), t)
-    if not isinstance(prediction, torch.Tensor) or prediction.shape != z.shape:
-        got = tuple(prediction.shape) if isinstance(prediction, torch.Tensor) else type(prediction)
-        raise ValueError(f"net must predict noise of the data's shape {tuple(z.shape)}, got {got}")
-    return (prediction - z).square().mean()
+    x_t = schedule.interpolate(x0, z, t)
+    return (check_like(net(x_t, t), x_t, "net", "a noise prediction") - z).square().mean()
 
 
 def _check_sampling_grid(ts) -> list[float]:

@@ -110,6 +110,18 @@ def check_tensor(
     return sizes
 
 
+def check_like(out, x: torch.Tensor, name: str, what: str):
+    """Return ``out``, a network's output, if it is a tensor of the shape of its input ``x``
+    (a velocity, a score, a noise prediction); else a clear error naming both shapes."""
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"{name} returned {got} for x of shape {tuple(x.shape)}; {what} must have the shape "
+            "of its input"
+        )
+    return out
+
+
 def check_count(n, name: str = "n") -> int:
     """A positive number of things (samples, steps): a plain int >= 1, returned as int.
 

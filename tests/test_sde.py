@@ -181,7 +181,7 @@ def test_bad_inputs_are_clear_errors():
         sde.marginal(x, torch.tensor([0.5, 1.2, 0.0]))
     with pytest.raises(ValueError, match=r"times must lie in \[0, 1\]"):
         sde.reverse_drift(score, x, 1.01)
-    with pytest.raises(ValueError, match=r"noise of the data's shape \(3, 2\), got \(3, 1\)"):
+    with pytest.raises(ValueError, match=r"net returned shape \(3, 1\) for x of shape \(3, 2\)"):
         noise_loss(lambda v, t: v[:, :1], x, schedule=schedule)
     with pytest.raises(ValueError, match="corrector_steps"):
         predictor_corrector(score, x, time_grid(2), sde=sde, corrector_steps=-1)
